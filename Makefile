@@ -1,0 +1,49 @@
+# Two commands do all the set-up on a fresh clone:
+#   make run   installs, migrates, prepares the model store and serves the app with its worker
+#   make test  installs and runs every test against real PostgreSQL and Redis
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ris
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/14
+
+.PHONY: install run test lint models bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+models: install
+	$(PY) manage.py models ensure
+
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py models ensure
+	$(PY) manage.py ensure_admin
+	HOST=$(HOST) PORT=$(PORT) PY=$(PY) scripts/serve-dev.sh
+
+test: install
+	@scripts/ensure-services.sh
+	@scripts/ensure-browser.sh
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) RIS_TEST_ARTIFACTS=$(CURDIR)/test-artifacts \
+		$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) scripts/bench_engine.py
+
+clean:
+	rm -rf var/cache test-artifacts .pytest_cache

@@ -1,0 +1,219 @@
+"""Django settings, read from the environment in one place.
+
+Every setting a deployment may change is an environment variable (see README's table and
+`.env.example`). Nothing here writes files or opens connections at import time.
+Embedded default: SQLite and kombu's filesystem broker under ``var/``; with ``DATABASE_URL`` and
+``CELERY_BROKER_URL`` set, PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+env = environ.Env()
+
+VAR_DIR = Path(env.str("RIS_VAR_DIR", default=str(BASE_DIR / "var")))
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+RIS_ENV = env.str("RIS_ENV", default="development")  # development | production
+_INSECURE_KEY = "insecure-development-key-change-me"
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=_INSECURE_KEY)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+if RIS_ENV == "production":
+    from django.core.exceptions import ImproperlyConfigured
+
+    if DEBUG:
+        raise ImproperlyConfigured("RIS_ENV=production refuses to start with DJANGO_DEBUG on.")
+    if SECRET_KEY == _INSECURE_KEY or len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured(
+            "RIS_ENV=production needs DJANGO_SECRET_KEY set to a secret of at least 32 characters."
+        )
+    SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "server.ris",
+    "server.benchmarks",
+    "server.web",
+    # Management commands that drive the engine (models, benchmark). Django loads a command's
+    # module only when it runs, so the web process never imports torch.
+    "workers.cli",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "server.ris.middleware.DatabaseUnavailableMiddleware",
+]
+
+ROOT_URLCONF = "server.config.urls"
+WSGI_APPLICATION = "server.config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "frontend" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=0))
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Web server and worker share the file: wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
+STATIC_ROOT = Path(env.str("RIS_STATIC_ROOT", default=str(VAR_DIR / "static")))
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(env.str("RIS_MEDIA_ROOT", default=str(VAR_DIR / "media")))
+
+# Images are read and written through Django's storage API by key, so a worker on another machine
+# reads them from a shared volume or S3-compatible storage (RIS_STORAGE=s3, django-storages).
+_STORAGE_BACKEND = env.str("RIS_STORAGE", default="filesystem")
+STORAGES = {
+    "default": (
+        {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {}}
+        if _STORAGE_BACKEND == "s3"
+        else {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    ),
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+AWS_STORAGE_BUCKET_NAME = env.str("RIS_S3_BUCKET", default="")
+AWS_S3_ENDPOINT_URL = env.str("RIS_S3_ENDPOINT_URL", default=None)
+
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# Uploads
+RIS_MAX_UPLOAD_BYTES = env.int("RIS_MAX_UPLOAD_BYTES", default=50 * 1024 * 1024)
+RIS_MAX_IMAGE_PIXELS = env.int("RIS_MAX_IMAGE_PIXELS", default=50_000_000)
+RIS_MAX_IMAGE_SIDE = env.int("RIS_MAX_IMAGE_SIDE", default=20_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = RIS_MAX_UPLOAD_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = env.int("RIS_MAX_FILES_PER_REQUEST", default=500)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"job_create": env.str("RIS_JOB_RATE", default="600/minute")},
+    "EXCEPTION_HANDLER": "server.ris.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "RIS annotate API",
+    "DESCRIPTION": "Upload images, ask referring expressions, read ranked candidate masks (COCO RLE), review.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+CACHES = {
+    "default": env.cache_url("RIS_CACHE_URL", default="locmemcache://"),
+}
+
+# Celery: the database row is the truth; a message carries only a job id.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+RIS_BROKER_DIR = Path(env.str("RIS_BROKER_DIR", default=str(VAR_DIR / "broker")))
+RIS_JOB_STALE_SECONDS = env.int("RIS_JOB_STALE_SECONDS", default=2400)
+RIS_RECONCILE_INTERVAL = env.int("RIS_RECONCILE_INTERVAL", default=60)
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(RIS_BROKER_DIR / "queue"),
+        "data_folder_out": str(RIS_BROKER_DIR / "queue"),
+        "processed_folder": str(RIS_BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": RIS_JOB_STALE_SECONDS}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("RIS_JOB_SOFT_TIME_LIMIT", default=1800)
+CELERY_TASK_TIME_LIMIT = env.int("RIS_JOB_TIME_LIMIT", default=1900)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "workers.tasks.run_segmentation_job": {"queue": "gpu"},
+    "workers.tasks.prepare_image": {"queue": "gpu"},
+    "workers.benchmark_tasks.run_benchmark_shard": {"queue": "gpu"},
+    "workers.web_tasks.refine_mask": {"queue": "gpu"},
+    "workers.tasks.reconcile_jobs": {"queue": "default"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-jobs": {"task": "workers.tasks.reconcile_jobs", "schedule": float(RIS_RECONCILE_INTERVAL)},
+}
+
+# Engine (read by the worker only)
+RIS_MODEL_DIR = Path(env.str("RIS_MODEL_DIR", default=str(VAR_DIR / "models")))
+RIS_CACHE_DIR = Path(env.str("RIS_CACHE_DIR", default=str(VAR_DIR / "cache")))
+RIS_DEVICE = env.str("RIS_DEVICE", default="auto")
+RIS_DEFAULT_PIPELINE = env.str("RIS_DEFAULT_PIPELINE", default="global_local")
+RIS_MODEL_PROFILE = env.str("RIS_MODEL_PROFILE", default="tiny")  # tiny | paper
+RIS_CANDIDATES_KEPT = env.int("RIS_CANDIDATES_KEPT", default=10)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("RIS_LOG_LEVEL", default="INFO")},
+}
+
+# Pipelines offered to users (the worker validates configs; the web process never imports the engine).
+RIS_PIPELINES = {
+    "global_local": "Global-Local CLIP (CVPR 2023): masked-global and local CLIP features of each proposal.",
+    "tas": "TAS (EMNLP Findings 2023): captioner P-score, negative-phrase N-score, spatial rectifier.",
+    "refdiff": "Ref-Diff: Stable Diffusion cross-attention fused with CLIP.",
+    "lgd": "LGD (Pattern Recognition 2025): MLLM attribute and surrounding descriptions guide CLIP.",
+}

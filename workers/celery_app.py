@@ -1,0 +1,37 @@
+"""The Celery application shared by the web process (which only sends) and the workers.
+
+This module never imports torch: the web process imports it to enqueue jobs by task name, and
+only a worker imports ``workers.tasks`` (listed in ``include``), which reaches the engine.
+Configuration comes from Django settings (``CELERY_*``), so it is read from the environment in
+one place.
+
+Queues: ``gpu`` for model work (one worker process per device, prefetch 1, late acks so a
+killed worker's job is delivered again), ``default`` for light periodic work (the reconciler).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from celery import Celery
+from celery.signals import worker_init
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "server.config.settings")
+
+app = Celery("ris", include=["workers.tasks", "workers.benchmark_tasks", "workers.web_tasks"])
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+def ensure_broker_folders() -> None:
+    """Create the folders of kombu's filesystem transport (the embedded broker) if it is in use."""
+    from django.conf import settings
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+            Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key]).mkdir(parents=True, exist_ok=True)
+
+
+@worker_init.connect
+def _worker_init(**_: object) -> None:
+    ensure_broker_folders()
