@@ -1,0 +1,82 @@
+"""The deployment files parse and say what the README promises (no Docker engine on CI machines)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def _dockerfile(name: str) -> list[tuple[str, str]]:
+    """Instructions of a Dockerfile as (KEYWORD, rest), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DOCKER / name).read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_compose_has_every_service_with_health_checks(compose: dict) -> None:
+    services = compose["services"]
+    assert {"postgres", "redis", "web", "gpu-worker", "flower", "beat"} <= set(services)
+    for name in ("postgres", "redis", "web", "gpu-worker", "flower"):
+        assert "healthcheck" in services[name], f"{name} has no health check"
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_compose_volumes_for_media_and_model_store(compose: dict) -> None:
+    worker = compose["services"]["gpu-worker"]
+    mounts = {m.split(":")[1] for m in worker["volumes"]}
+    assert "/models" in mounts and "/var/lib/ris/media" in mounts
+    assert worker["environment"]["RIS_MODEL_DIR"] == "/models"
+    assert "media:/var/lib/ris/media" in compose["services"]["web"]["volumes"]
+    assert {"pgdata", "media", "models"} <= set(compose["volumes"])
+
+
+def test_gpu_worker_reserves_one_gpu_and_waits_for_services(compose: dict) -> None:
+    worker = compose["services"]["gpu-worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_web_settings_come_from_the_environment(compose: dict) -> None:
+    env = compose["services"]["web"]["environment"]
+    assert env["RIS_ENV"] == "production"
+    assert env["DATABASE_URL"].startswith("postgres://")
+    assert env["CELERY_BROKER_URL"].startswith("redis://")
+    assert "?" in env["DJANGO_SECRET_KEY"], "the secret must be required from the environment, never defaulted"
+
+
+def test_web_image_runs_gunicorn_and_collects_static() -> None:
+    steps = _dockerfile("web.Dockerfile")
+    assert steps[0][0] == "FROM" and "python:3.11" in steps[0][1]
+    runs = " ".join(rest for kw, rest in steps if kw == "RUN")
+    assert "collectstatic" in runs and "requirements.lock" in runs
+    cmd = next(rest for kw, rest in steps if kw == "CMD")
+    assert "gunicorn server.config.wsgi:application" in cmd
+    assert any(kw == "HEALTHCHECK" and "/healthz" in rest for kw, rest in steps)
+    assert any(kw == "USER" and rest != "root" for kw, rest in steps)
+
+
+def test_gpu_worker_image_is_cuda_based_and_never_forks() -> None:
+    steps = _dockerfile("gpu-worker.Dockerfile")
+    assert steps[0][0] == "FROM" and steps[0][1].startswith("nvidia/cuda:")
+    cmd = next(rest for kw, rest in steps if kw == "CMD")
+    # One process per GPU: the solo pool never forks after CUDA is initialised.
+    assert '"--pool", "solo"' in cmd and '"--concurrency", "1"' in cmd and '"gpu"' in cmd
+    env = " ".join(rest for kw, rest in steps if kw == "ENV")
+    assert "RIS_MODEL_DIR=/models" in env and "RIS_DEVICE=cuda" in env
