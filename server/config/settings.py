@@ -135,6 +135,8 @@ RIS_MAX_IMAGE_SIDE = env.int("RIS_MAX_IMAGE_SIDE", default=20_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RIS_MAX_UPLOAD_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env.int("RIS_MAX_FILES_PER_REQUEST", default=500)
+RIS_MAX_ZIP_MEMBERS = env.int("RIS_MAX_ZIP_MEMBERS", default=2000)
+RIS_MAX_ZIP_UNCOMPRESSED_BYTES = env.int("RIS_MAX_ZIP_UNCOMPRESSED_BYTES", default=1024**3)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -163,6 +165,9 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 RIS_BROKER_DIR = Path(env.str("RIS_BROKER_DIR", default=str(VAR_DIR / "broker")))
 RIS_JOB_STALE_SECONDS = env.int("RIS_JOB_STALE_SECONDS", default=2400)
 RIS_RECONCILE_INTERVAL = env.int("RIS_RECONCILE_INTERVAL", default=60)
+RIS_JOB_MAX_ATTEMPTS = env.int("RIS_JOB_MAX_ATTEMPTS", default=3)
+# Each new image is prepared (proposals, image features) in the background at low priority.
+RIS_PREPARE_ON_UPLOAD = env.bool("RIS_PREPARE_ON_UPLOAD", default=True)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(RIS_BROKER_DIR / "queue"),

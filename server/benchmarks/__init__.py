@@ -1,0 +1,1 @@
+"""Benchmark runs (``manage.py benchmark``) stored with their per-pipeline results and shown on pages."""

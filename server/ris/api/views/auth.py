@@ -1,0 +1,37 @@
+"""Token sign-in and the list of pipelines."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from server.ris.api.serializers import ErrorOut, PipelineOut, TokenInput, TokenOut
+
+
+class AuthTokenObtainApi(APIView):
+    """Exchange a username and password for an API token (send it as ``Authorization: Token <key>``)."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=TokenInput, responses={200: TokenOut, 400: ErrorOut}, auth=[])
+    def post(self, request: Request) -> Response:
+        serializer = AuthTokenSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        return Response(TokenOut({"token": token.key}).data)
+
+
+class PipelineListApi(APIView):
+    """Pipelines a job may use (read from settings; the web process never loads the engine)."""
+
+    @extend_schema(responses={200: PipelineOut(many=True)})
+    def get(self, request: Request) -> Response:
+        items = [{"name": name, "description": text} for name, text in settings.RIS_PIPELINES.items()]
+        return Response(PipelineOut(items, many=True).data)

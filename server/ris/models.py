@@ -1,0 +1,189 @@
+"""Data of the annotation loop: Project -> Image -> Expression -> SegmentationJob -> Candidate, and Review.
+
+Models hold data and invariants only; writes go through ``server.ris.services`` and reads through
+``server.ris.selectors``. Masks are COCO RLE dicts (``{"size": [H, W], "counts": str}``) stored as
+JSON; boxes are ``xyxy`` pixels of the EXIF-transposed image with exclusive ends.
+
+An image's review status (no expression / queued / needs review / done) is not stored: the selector
+``image_list`` derives it from expressions, jobs and reviews in one annotated query, so it can never
+disagree with them.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Project(models.Model):
+    """A named collection of images shared by its members."""
+
+    name = models.CharField(max_length=200)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="ris_projects", blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ris_projects_created"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Image(models.Model):
+    """One uploaded image, stored content-addressed under ``images/<aa>/<sha256>.<ext>``.
+
+    ``width`` and ``height`` are those of the image as displayed, i.e. after its EXIF orientation is
+    applied; masks and boxes use this frame.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="images")
+    sha256 = models.CharField(max_length=64)
+    storage_key = models.CharField(max_length=255, help_text="Key of the bytes in Django's default storage.")
+    original_name = models.CharField(max_length=255)
+    format = models.CharField(max_length=16, help_text="Pillow format name, e.g. JPEG, PNG.")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveBigIntegerField()
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["project", "sha256"], name="ris_image_unique_sha256")]
+        indexes = [models.Index(fields=["project", "created_at"], name="ris_image_project_created")]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} ({self.width}x{self.height})"
+
+
+class Expression(models.Model):
+    """A referring expression typed on an image; each one is segmented by its own job."""
+
+    MAX_LENGTH = 1000
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="expressions")
+    text = models.CharField(max_length=MAX_LENGTH)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["image", "created_at"], name="ris_expr_image_created")]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class SegmentationJob(models.Model):
+    """The database row is the truth about a job; a queue message carries only its id.
+
+    ``config`` holds the pipeline overrides the user asked for; the worker replaces it with the full
+    resolved config it ran with, so a finished job records exactly how its candidates were made.
+    ``heartbeat_at`` moves on each claim and progress report: a running job whose heartbeat is older
+    than ``RIS_JOB_STALE_SECONDS`` is taken to have lost its worker. ``dispatched_at`` is when its
+    message was last handed to the broker; null means it never was (broker down at the time).
+    """
+
+    expression = models.ForeignKey(Expression, on_delete=models.CASCADE, related_name="jobs")
+    pipeline = models.CharField(max_length=64)
+    config = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
+    progress = models.FloatField(default=0.0)
+    error = models.TextField(blank=True, default="")
+    timings = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=255, blank=True, default="")
+    celery_task_id = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["state", "created_at"], name="ris_job_state_created"),
+            models.Index(fields=["expression", "created_at"], name="ris_job_expr_created"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(progress__gte=0) & Q(progress__lte=1), name="ris_job_progress_0_1"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} {self.pipeline} {self.state}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_JOB_STATES
+
+
+class Candidate(models.Model):
+    """One ranked mask of a job (rank 0 is the best)."""
+
+    job = models.ForeignKey(SegmentationJob, on_delete=models.CASCADE, related_name="candidates")
+    rank = models.PositiveIntegerField()
+    rle = models.JSONField(help_text='COCO RLE {"size": [H, W], "counts": str}')
+    bbox_xyxy = models.JSONField(help_text="[x0, y0, x1, y1] pixels, exclusive ends")
+    area = models.PositiveIntegerField()
+    score = models.FloatField()
+    components = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["job", "rank"]
+        constraints = [models.UniqueConstraint(fields=["job", "rank"], name="ris_candidate_unique_rank")]
+
+    def __str__(self) -> str:
+        return f"candidate {self.rank} of job {self.job_id}"
+
+
+class ReviewDecision(models.TextChoices):
+    ACCEPTED = "accepted", "Accepted"
+    CORRECTED = "corrected", "Corrected"
+    REJECTED = "rejected", "Rejected"
+
+
+class Review(models.Model):
+    """A reviewer's verdict on an expression: a chosen candidate, a corrected mask, or a rejection.
+
+    Reviews are appended, never edited; the latest one of an expression is its current verdict.
+    """
+
+    expression = models.ForeignKey(Expression, on_delete=models.CASCADE, related_name="reviews")
+    candidate = models.ForeignKey(
+        Candidate, on_delete=models.SET_NULL, null=True, blank=True, related_name="reviews"
+    )
+    corrected_rle = models.JSONField(null=True, blank=True)
+    decision = models.CharField(max_length=16, choices=ReviewDecision.choices)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["expression", "created_at"], name="ris_review_expr_created")]
+
+    def __str__(self) -> str:
+        return f"{self.decision} on expression {self.expression_id}"

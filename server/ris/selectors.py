@@ -1,0 +1,197 @@
+"""Every read of the app: ``<entity>_list`` / ``<entity>_get``, with membership checked on each object.
+
+A user sees the projects they are a member of (superusers see all). Asking for an image, expression or
+job of any other project raises ``ObjectNotFound``, the same as for an id that does not exist, so ids
+of other projects cannot be probed.
+
+An image's status is derived in one annotated query, never stored:
+
+- ``no_expression``: nobody typed an expression on it yet;
+- ``queued``: some job of it is queued or running;
+- ``needs_review``: no job is active and some expression has no review;
+- ``done``: every expression has a review.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Case, Exists, OuterRef, Q, QuerySet, Value, When
+
+from server.ris.errors import InvalidInput, ObjectNotFound
+from server.ris.models import (
+    ACTIVE_JOB_STATES,
+    Candidate,
+    Expression,
+    Image,
+    JobState,
+    Project,
+    Review,
+    SegmentationJob,
+)
+
+IMAGE_STATUSES = ("no_expression", "queued", "needs_review", "done")
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def _project_ids_for(user: User) -> QuerySet | None:
+    """Ids of the projects ``user`` may read, or None for every project (superusers)."""
+    if getattr(user, "is_superuser", False) and user.is_active:
+        return None
+    if not user.is_authenticated or not user.is_active:
+        return Project.objects.none().values("id")
+    return Project.objects.filter(members=user).values("id")
+
+
+def _visible(queryset: QuerySet, user: User, project_path: str) -> QuerySet:
+    ids = _project_ids_for(user)
+    return queryset if ids is None else queryset.filter(**{f"{project_path}__in": ids})
+
+
+def project_list_for_user(*, user: User) -> QuerySet[Project]:
+    return _visible(Project.objects.all(), user, "id").order_by("name", "id")
+
+
+def project_get(*, user: User, project_id: int) -> Project:
+    project = _visible(Project.objects.all(), user, "id").filter(pk=project_id).first()
+    if project is None:
+        raise ObjectNotFound(f"There is no project {project_id} among your projects.")
+    return project
+
+
+def image_queryset_with_status() -> QuerySet[Image]:
+    """All images, each annotated with ``status`` (see the module docstring) and ``expression_count``."""
+    has_expression = Exists(Expression.objects.filter(image=OuterRef("pk")))
+    has_active_job = Exists(
+        SegmentationJob.objects.filter(expression__image=OuterRef("pk"), state__in=ACTIVE_JOB_STATES)
+    )
+    has_unreviewed = Exists(
+        Expression.objects.filter(image=OuterRef("pk")).exclude(
+            Exists(Review.objects.filter(expression=OuterRef("pk")))
+        )
+    )
+    return Image.objects.annotate(
+        status=Case(
+            When(~has_expression, then=Value("no_expression")),
+            When(has_active_job, then=Value("queued")),
+            When(has_unreviewed, then=Value("needs_review")),
+            default=Value("done"),
+        )
+    )
+
+
+def image_list(
+    *, user: User, project: Project, status: str | None = None, q: str | None = None
+) -> QuerySet[Image]:
+    """Images of ``project`` (membership checked), filtered by status and by text in names/expressions."""
+    project = project_get(user=user, project_id=project.pk)
+    images = image_queryset_with_status().filter(project=project)
+    if status:
+        if status not in IMAGE_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(IMAGE_STATUSES)}; got {status!r}.")
+        images = images.filter(status=status)
+    if q and q.strip():
+        text = q.strip()
+        images = images.filter(
+            Q(original_name__icontains=text)
+            | Exists(Expression.objects.filter(image=OuterRef("pk"), text__icontains=text))
+        )
+    return images.order_by("id")
+
+
+def image_get(*, user: User, image_id: int) -> Image:
+    image = (
+        _visible(image_queryset_with_status(), user, "project_id")
+        .select_related("project")
+        .filter(pk=image_id)
+        .first()
+    )
+    if image is None:
+        raise ObjectNotFound(f"There is no image {image_id} in your projects.")
+    return image
+
+
+def job_latest_for_expression(*, expression: Expression) -> SegmentationJob | None:
+    return expression.jobs.order_by("-created_at", "-id").first()
+
+
+def expression_list(*, user: User, image: Image) -> list[Expression]:
+    """Expressions of ``image``, oldest first, each with ``latest_job`` and ``latest_review`` set."""
+    image = image_get(user=user, image_id=image.pk)
+    expressions = list(
+        Expression.objects.filter(image=image)
+        .select_related("author")
+        .prefetch_related("jobs", "reviews__reviewer")
+        .order_by("id")
+    )
+    for expression in expressions:
+        _attach_latest(expression)
+    return expressions
+
+
+def expression_get(*, user: User, expression_id: int) -> Expression:
+    expression = (
+        _visible(Expression.objects.all(), user, "image__project_id")
+        .select_related("image", "author")
+        .filter(pk=expression_id)
+        .first()
+    )
+    if expression is None:
+        raise ObjectNotFound(f"There is no expression {expression_id} in your projects.")
+    _attach_latest(expression)
+    return expression
+
+
+def _attach_latest(expression: Expression) -> None:
+    jobs = sorted(expression.jobs.all(), key=lambda job: (job.created_at, job.pk))
+    reviews = sorted(expression.reviews.all(), key=lambda review: (review.created_at, review.pk))
+    expression.latest_job = jobs[-1] if jobs else None
+    expression.latest_review = reviews[-1] if reviews else None
+
+
+def job_get(*, user: User, job_id: int) -> SegmentationJob:
+    job = (
+        _visible(SegmentationJob.objects.all(), user, "expression__image__project_id")
+        .select_related("expression__image")
+        .filter(pk=job_id)
+        .first()
+    )
+    if job is None:
+        raise ObjectNotFound(f"There is no job {job_id} in your projects.")
+    return job
+
+
+def job_queue_position(*, job: SegmentationJob) -> int | None:
+    """Jobs ahead of ``job`` (queued or running, created before it); None once it is running or over."""
+    if job.state != JobState.QUEUED:
+        return None
+    return (
+        SegmentationJob.objects.filter(state__in=ACTIVE_JOB_STATES)
+        .filter(Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk))
+        .count()
+    )
+
+
+def candidate_list(*, job: SegmentationJob) -> QuerySet[Candidate]:
+    return Candidate.objects.filter(job=job).order_by("rank")
+
+
+def review_list(*, expression: Expression) -> QuerySet[Review]:
+    return Review.objects.filter(expression=expression).select_related("reviewer").order_by("id")
+
+
+__all__ = [
+    "IMAGE_STATUSES",
+    "candidate_list",
+    "expression_get",
+    "expression_list",
+    "image_get",
+    "image_list",
+    "image_queryset_with_status",
+    "job_get",
+    "job_latest_for_expression",
+    "job_queue_position",
+    "project_get",
+    "project_list_for_user",
+    "review_list",
+]

@@ -1,0 +1,61 @@
+"""Writes on reviews: accept a candidate, save a corrected mask, or reject all candidates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+
+from server.ris.errors import InvalidInput
+from server.ris.models import Candidate, Expression, Review, ReviewDecision
+from server.ris.selectors import job_latest_for_expression
+from server.ris.services.rle import rle_validate
+
+
+def review_create(
+    *,
+    expression: Expression,
+    decision: str,
+    reviewer: AbstractBaseUser | None,
+    candidate_id: int | None = None,
+    rle: Any = None,
+) -> Review:
+    """Record a verdict on ``expression``.
+
+    - ``accepted``: ``candidate_id`` names a candidate of the expression's latest job; no ``rle``.
+    - ``corrected``: ``rle`` is the corrected mask (COCO RLE of the whole image); ``candidate_id``
+      optionally names the candidate it started from.
+    - ``rejected``: neither.
+    Raises ``InvalidInput`` with the reason for any other combination, a foreign candidate or bad RLE.
+    """
+    choices = [choice.value for choice in ReviewDecision]
+    if decision not in choices:
+        raise InvalidInput(f"decision must be one of {', '.join(choices)}; got {decision!r}.")
+    candidate: Candidate | None = None
+    if candidate_id is not None:
+        latest = job_latest_for_expression(expression=expression)
+        candidate = Candidate.objects.filter(pk=candidate_id, job=latest).first() if latest else None
+        if candidate is None:
+            raise InvalidInput(
+                f"Candidate {candidate_id} is not one of the candidates of this expression's latest job."
+            )
+    corrected = None
+    if decision == ReviewDecision.ACCEPTED:
+        if candidate is None:
+            raise InvalidInput("An accepted review needs the id of the candidate that is accepted.")
+        if rle is not None:
+            raise InvalidInput("An accepted review takes a candidate, not a mask; send decision 'corrected'.")
+    elif decision == ReviewDecision.CORRECTED:
+        if rle is None:
+            raise InvalidInput("A corrected review needs the corrected mask as COCO RLE in 'rle'.")
+        image = expression.image
+        corrected = rle_validate(rle, height=image.height, width=image.width)
+    elif candidate is not None or rle is not None:
+        raise InvalidInput("A rejected review takes neither a candidate nor a mask.")
+    return Review.objects.create(
+        expression=expression,
+        candidate=candidate,
+        corrected_rle=corrected,
+        decision=decision,
+        reviewer=reviewer,
+    )

@@ -1,0 +1,186 @@
+"""Click-to-refine: SAM point / box prompts on an image, answered by a worker on the ``gpu`` queue.
+
+``refine_request_create`` checks the prompts and stores the request; the task
+``workers.web_tasks.refine_mask`` is sent by name when the transaction commits (the web process never
+imports the engine). The worker claims the request with a conditional update (a redelivered message
+does not run it twice), calls the engine, and stores the answer with ``refine_request_succeed`` or the
+reason in words with ``refine_request_fail``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from server.ris.errors import InvalidInput
+from server.ris.models import Candidate, Expression, Image
+from server.ris.services.dispatch import task_send
+from server.ris.services.rle import rle_area, rle_validate
+from server.web.models import RefineRequest, RefineState
+
+REFINE_TASK = "workers.web_tasks.refine_mask"
+MAX_POINTS = 64
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"{what} must be a finite number; got {value!r}.")
+    return float(value)
+
+
+def refine_prompts_check(
+    *,
+    image: Image,
+    points_xy: Any,
+    labels: Any,
+    box_xyxy: Any = None,
+    mask_rle: Any = None,
+) -> tuple[list[list[float]], list[int], list[float] | None, dict[str, Any] | None]:
+    """Validate SAM prompts against ``image`` (pixels of the upright image) and return them cleaned.
+
+    Points must lie on the image; labels are 1 (add) or 0 (remove), one per point; at least one point
+    or a box is needed.
+    """
+    if points_xy is None:
+        points_xy = []
+    if labels is None:
+        labels = []
+    if not isinstance(points_xy, list) or not isinstance(labels, list):
+        raise InvalidInput("points_xy and labels must be lists.")
+    if len(points_xy) != len(labels):
+        raise InvalidInput(
+            f"There are {len(points_xy)} points but {len(labels)} labels; give one label per point."
+        )
+    if len(points_xy) > MAX_POINTS:
+        raise InvalidInput(f"At most {MAX_POINTS} clicks per refine; got {len(points_xy)}.")
+    points: list[list[float]] = []
+    for index, point in enumerate(points_xy):
+        if not isinstance(point, list | tuple) or len(point) != 2:
+            raise InvalidInput(f"Point {index} must be [x, y]; got {point!r}.")
+        x = _number(point[0], f"x of point {index}")
+        y = _number(point[1], f"y of point {index}")
+        if not (0 <= x <= image.width and 0 <= y <= image.height):
+            raise InvalidInput(
+                f"Point {index} ({x:.1f}, {y:.1f}) lies outside the {image.width}x{image.height} image."
+            )
+        points.append([x, y])
+    clean_labels: list[int] = []
+    for index, label in enumerate(labels):
+        if label not in (0, 1) or isinstance(label, bool):
+            raise InvalidInput(f"Label {index} must be 1 (add) or 0 (remove); got {label!r}.")
+        clean_labels.append(int(label))
+    box: list[float] | None = None
+    if box_xyxy is not None:
+        if not isinstance(box_xyxy, list | tuple) or len(box_xyxy) != 4:
+            raise InvalidInput(f"box_xyxy must be [x0, y0, x1, y1]; got {box_xyxy!r}.")
+        box = [_number(v, "box_xyxy") for v in box_xyxy]
+        if not (box[0] < box[2] and box[1] < box[3]):
+            raise InvalidInput(f"box_xyxy {box} is empty: x0 < x1 and y0 < y1 are needed.")
+    if not points and box is None:
+        raise InvalidInput("A refine needs at least one click or a box.")
+    mask = None
+    if mask_rle is not None:
+        mask = rle_validate(mask_rle, height=image.height, width=image.width, field="mask_rle")
+    return points, clean_labels, box, mask
+
+
+def refine_request_create(
+    *,
+    image: Image,
+    requested_by: AbstractBaseUser | None,
+    points_xy: Sequence[Sequence[float]] | None,
+    labels: Sequence[int] | None,
+    box_xyxy: Sequence[float] | None = None,
+    mask_rle: dict[str, Any] | None = None,
+    expression: Expression | None = None,
+    candidate_id: int | None = None,
+) -> RefineRequest:
+    """Store a refine request on ``image`` and send it to a worker when the transaction commits.
+
+    ``expression`` must be on ``image``; ``candidate_id`` (the candidate being corrected) must belong
+    to a job of ``expression``.
+    """
+    points, labels_clean, box, mask = refine_prompts_check(
+        image=image, points_xy=points_xy, labels=labels, box_xyxy=box_xyxy, mask_rle=mask_rle
+    )
+    if expression is not None and expression.image_id != image.pk:
+        raise InvalidInput(f"Expression {expression.pk} is not on image {image.pk}.")
+    candidate = None
+    if candidate_id is not None:
+        if expression is None:
+            raise InvalidInput("A candidate can only be named together with its expression.")
+        candidate = Candidate.objects.filter(pk=candidate_id, job__expression=expression).first()
+        if candidate is None:
+            raise InvalidInput(f"Candidate {candidate_id} is not a candidate of expression {expression.pk}.")
+    with transaction.atomic():
+        request = RefineRequest.objects.create(
+            image=image,
+            expression=expression,
+            candidate=candidate,
+            points_xy=points,
+            labels=labels_clean,
+            box_xyxy=box,
+            mask_rle=mask,
+            requested_by=requested_by,
+        )
+        request_id = request.pk
+        transaction.on_commit(lambda: task_send(REFINE_TASK, args=[request_id]))
+    return request
+
+
+def refine_request_claim(*, request_id: int) -> RefineRequest | None:
+    """Move a queued request to running; None if it is not queued any more (already taken or done)."""
+    taken = RefineRequest.objects.filter(pk=request_id, state=RefineState.QUEUED).update(
+        state=RefineState.RUNNING, started_at=timezone.now()
+    )
+    if not taken:
+        return None
+    return RefineRequest.objects.select_related("image").get(pk=request_id)
+
+
+def refine_request_succeed(
+    *, request_id: int, rle: dict[str, Any], seconds: float | None = None
+) -> RefineRequest:
+    """Store the refined mask (validated against the image's size) and mark the request succeeded."""
+    request = RefineRequest.objects.select_related("image").get(pk=request_id)
+    clean = rle_validate(rle, height=request.image.height, width=request.image.width, field="refined mask")
+    request.result_rle = clean
+    request.result_area = rle_area(clean)
+    request.state = RefineState.SUCCEEDED
+    request.error = ""
+    request.seconds = seconds
+    request.finished_at = timezone.now()
+    request.save(update_fields=["result_rle", "result_area", "state", "error", "seconds", "finished_at"])
+    return request
+
+
+def refine_request_fail(*, request_id: int, error: str) -> RefineRequest:
+    """Mark the request failed with the reason in words."""
+    request = RefineRequest.objects.get(pk=request_id)
+    request.state = RefineState.FAILED
+    request.error = error[:2000]
+    request.finished_at = timezone.now()
+    request.save(update_fields=["state", "error", "finished_at"])
+    return request
+
+
+def refine_request_json(request: RefineRequest) -> dict[str, Any]:
+    """What the review page polls: state, and the mask once there, or the error."""
+    return {
+        "id": request.pk,
+        "state": request.state,
+        "image": request.image_id,
+        "expression": request.expression_id,
+        "candidate": request.candidate_id,
+        "points_xy": request.points_xy,
+        "labels": request.labels,
+        "rle": request.result_rle,
+        "area": request.result_area,
+        "error": request.error,
+        "seconds": request.seconds,
+    }

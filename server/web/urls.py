@@ -1,0 +1,28 @@
+"""The annotator's pages, and under ``web/`` the JSON and download endpoints only these pages need."""
+
+from django.urls import path
+
+from server.web import views
+
+app_name = "web"
+
+urlpatterns = [
+    path("", views.project_list_page, name="project-list"),
+    path("projects/<int:project_id>/", views.project_detail_page, name="project-detail"),
+    path("projects/<int:project_id>/upload/", views.upload_page, name="upload"),
+    path("projects/<int:project_id>/review/", views.review_page, name="review"),
+    path("images/<int:image_id>/", views.image_detail_page, name="image-detail"),
+    path("shortcuts/", views.shortcuts_page, name="shortcuts"),
+    path("web/projects/<int:project_id>/review/items/", views.ReviewItemsApi.as_view(), name="review-items"),
+    path(
+        "web/projects/<int:project_id>/expressions/bulk/",
+        views.BulkExpressionsApi.as_view(),
+        name="bulk-expressions",
+    ),
+    path("web/projects/<int:project_id>/export/coco.json", views.ExportCocoApi.as_view(), name="export-coco"),
+    path(
+        "web/projects/<int:project_id>/export/refer.zip", views.ExportReferApi.as_view(), name="export-refer"
+    ),
+    path("web/refine/", views.RefineCreateApi.as_view(), name="refine-create"),
+    path("web/refine/<int:request_id>/", views.RefineDetailApi.as_view(), name="refine-detail"),
+]

@@ -1,0 +1,188 @@
+"""Thin views of the annotator: pages render a shell that the JS modules fill from the JSON API; the
+few web-only endpoints (review items, bulk expressions, exports, click-to-refine) call one selector or
+service each. Every view needs a signed-in user, and every object is read through the membership
+checks of ``server.ris.selectors``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.utils.text import slugify
+from rest_framework import status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from server.ris.errors import InvalidInput, ObjectNotFound
+from server.ris.models import Image
+from server.ris.selectors import expression_get, image_get, project_get, project_list_for_user
+from server.web.selectors import image_neighbours, refine_request_get, review_items
+from server.web.services.bulk import expressions_bulk_create
+from server.web.services.export import coco_export, refer_export_zip
+from server.web.services.refine import refine_request_create, refine_request_json
+
+
+def _project_or_404(request: HttpRequest, project_id: int):
+    try:
+        return project_get(user=request.user, project_id=project_id)
+    except ObjectNotFound as error:
+        raise Http404(error.message) from None
+
+
+# ---------------------------------------------------------------------------------------------- pages
+
+
+@login_required
+def project_list_page(request: HttpRequest) -> HttpResponse:
+    from django.db.models import Count
+
+    projects = project_list_for_user(user=request.user).annotate(
+        image_count=Count("images", distinct=True), member_count=Count("members", distinct=True)
+    )
+    return render(request, "web/project_list.html", {"projects": projects})
+
+
+@login_required
+def project_detail_page(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = _project_or_404(request, project_id)
+    members = project.members.order_by("username")
+    return render(request, "web/project_detail.html", {"project": project, "members": members})
+
+
+@login_required
+def upload_page(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = _project_or_404(request, project_id)
+    return render(
+        request, "web/upload.html", {"project": project, "max_upload_bytes": settings.RIS_MAX_UPLOAD_BYTES}
+    )
+
+
+@login_required
+def image_detail_page(request: HttpRequest, image_id: int) -> HttpResponse:
+    try:
+        image: Image = image_get(user=request.user, image_id=image_id)
+    except ObjectNotFound as error:
+        raise Http404(error.message) from None
+    previous, following = image_neighbours(image=image)
+    return render(
+        request,
+        "web/image_detail.html",
+        {"image": image, "project": image.project, "prev_id": previous, "next_id": following},
+    )
+
+
+@login_required
+def review_page(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = _project_or_404(request, project_id)
+    context: dict[str, Any] = {"project": project}
+    for key, name in (("expression", "start_expression"), ("image", "start_image")):
+        value = request.GET.get(key, "")
+        context[name] = int(value) if value.isdigit() else ""
+    return render(request, "web/review.html", context)
+
+
+@login_required
+def shortcuts_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "web/shortcuts.html")
+
+
+# ------------------------------------------------------------------------------------------ endpoints
+
+
+class ReviewItemsApi(APIView):
+    """GET: every expression of the project in review order, with its latest job and review."""
+
+    def get(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        return Response({"items": review_items(project=project)})
+
+
+class BulkExpressionsApi(APIView):
+    """POST multipart ``file`` (CSV or JSON), optional ``pipeline``: one job per row."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    def post(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise InvalidInput("Attach a CSV or JSON file in the 'file' field.")
+        result = expressions_bulk_create(
+            project=project,
+            data=upload.read(),
+            name=upload.name or "upload",
+            author=request.user,
+            pipeline=(request.data.get("pipeline") or None),
+        )
+        return Response(result.to_json(), status=status.HTTP_201_CREATED)
+
+
+class ExportCocoApi(APIView):
+    """GET: COCO JSON of the project's accepted and corrected masks, as a download."""
+
+    def get(self, request: Request, project_id: int) -> HttpResponse:
+        project = project_get(user=request.user, project_id=project_id)
+        response = JsonResponse(coco_export(project=project))
+        name = slugify(project.name) or f"project-{project.pk}"
+        response["Content-Disposition"] = f'attachment; filename="{name}-coco.json"'
+        return response
+
+
+class ExportReferApi(APIView):
+    """GET ``?dataset=refcoco&split=val``: a RefCOCO-style zip (refs pickle, instances.json, images)."""
+
+    def get(self, request: Request, project_id: int) -> FileResponse:
+        project = project_get(user=request.user, project_id=project_id)
+        dataset = request.query_params.get("dataset", "refcoco")
+        split = request.query_params.get("split", "val")
+        archive = refer_export_zip(project=project, dataset=dataset, split=split)
+        name = slugify(project.name) or f"project-{project.pk}"
+        return FileResponse(
+            archive, as_attachment=True, filename=f"{name}-{dataset}.zip", content_type="application/zip"
+        )
+
+
+class RefineCreateApi(APIView):
+    """POST ``{image, expression?, candidate?, points_xy, labels, box_xyxy?, mask_rle?}`` -> 202 request."""
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request) -> Response:
+        data = request.data if isinstance(request.data, dict) else {}
+        image_id = data.get("image")
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise InvalidInput("'image' must be the id of an image.")
+        image = image_get(user=request.user, image_id=image_id)
+        expression = None
+        if data.get("expression") is not None:
+            if not isinstance(data["expression"], int):
+                raise InvalidInput("'expression' must be the id of an expression.")
+            expression = expression_get(user=request.user, expression_id=data["expression"])
+        candidate_id = data.get("candidate")
+        if candidate_id is not None and (not isinstance(candidate_id, int) or isinstance(candidate_id, bool)):
+            raise InvalidInput("'candidate' must be the id of a candidate.")
+        refine = refine_request_create(
+            image=image,
+            requested_by=request.user,
+            points_xy=data.get("points_xy"),
+            labels=data.get("labels"),
+            box_xyxy=data.get("box_xyxy"),
+            mask_rle=data.get("mask_rle"),
+            expression=expression,
+            candidate_id=candidate_id,
+        )
+        return Response(refine_request_json(refine), status=status.HTTP_202_ACCEPTED)
+
+
+class RefineDetailApi(APIView):
+    """GET: the refine request's state, and its mask (COCO RLE) once SAM answered."""
+
+    def get(self, request: Request, request_id: int) -> Response:
+        refine = refine_request_get(user=request.user, request_id=request_id)
+        return Response(refine_request_json(refine))

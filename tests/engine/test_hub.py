@@ -1,0 +1,113 @@
+"""ModelHub: loaded once, verified, LRU-evicted under a byte budget, thread-safe."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from workers.engine import hub as hub_module
+from workers.engine.errors import ModelStoreError
+from workers.engine.hub import ModelHub, model_nbytes
+from workers.engine.store import ClipBundle, ModelStore
+
+MB = 1024 * 1024
+
+
+def test_get_loads_once_and_counts(model_store: ModelStore) -> None:
+    hub = ModelHub(model_store, device="cpu", memory_budget_mb=1024)
+    first = hub.get("sam_tiny")
+    second = hub.get("sam_tiny")
+    assert first is second
+    assert hub.load_counts["sam_tiny"] == 1
+    clip = hub.get("clip_tiny")
+    assert isinstance(clip, ClipBundle)
+    assert hub.loaded() == ["sam_tiny", "clip_tiny"]
+    assert hub.loaded_bytes() == model_nbytes(first) + model_nbytes(clip)
+    assert hub.stats()["loads"] == {"sam_tiny": 1, "clip_tiny": 1}
+    assert next(first.parameters()).device.type == "cpu"
+
+
+def test_auto_device_resolves() -> None:
+    hub = ModelHub(ModelStore(Path("/nonexistent-store")), device="auto")
+    assert hub.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_get_refuses_a_damaged_model(tmp_path: Path) -> None:
+    hub = ModelHub(ModelStore(tmp_path), device="cpu")
+    with pytest.raises(ModelStoreError, match="models make-tiny"):
+        hub.get("sam_tiny")
+    assert hub.loaded() == []
+
+
+def test_model_nbytes_counts_bundles_once() -> None:
+    linear = torch.nn.Linear(10, 10)  # 110 float32 parameters
+    assert model_nbytes(linear) == 440
+    holder = type("Holder", (), {})()
+    holder.a = linear
+    holder.b = linear  # shared: counted once
+    holder.c = torch.nn.BatchNorm1d(4)  # 8 parameters + running stats 8 + counter (int64)
+    assert model_nbytes(holder) == 440 + 8 * 4 + 8 * 4 + 8
+
+
+@pytest.fixture
+def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Replace the store loader with modules of known size (megabytes by name)."""
+    sizes = {"a": 3, "b": 3, "c": 3, "big": 20}
+    loads: dict[str, int] = {}
+
+    def fake_load(store: object, name: str, device: torch.device) -> torch.nn.Module:
+        loads[name] = loads.get(name, 0) + 1
+        module = torch.nn.Module()
+        module.register_buffer("weights", torch.zeros(sizes[name] * MB, dtype=torch.uint8))
+        return module
+
+    monkeypatch.setattr(hub_module, "load_model", fake_load)
+    return loads
+
+
+def test_least_recently_used_is_evicted_first(fake_models: dict[str, int]) -> None:
+    hub = ModelHub(ModelStore(Path("/unused")), device="cpu", memory_budget_mb=7)
+    hub.get("a")
+    hub.get("b")
+    hub.get("a")  # a is now the most recently used
+    hub.get("c")  # 9 MB > 7 MB: b goes
+    assert hub.loaded() == ["a", "c"]
+    assert hub.loaded_bytes() == 6 * MB
+    hub.get("b")  # reloaded; a is now the oldest and goes
+    assert hub.loaded() == ["c", "b"]
+    assert fake_models == {"a": 1, "b": 2, "c": 1}
+    assert hub.load_counts["b"] == 2
+
+
+def test_a_model_larger_than_the_budget_still_loads_alone(fake_models: dict[str, int]) -> None:
+    hub = ModelHub(ModelStore(Path("/unused")), device="cpu", memory_budget_mb=7)
+    hub.get("a")
+    big = hub.get("big")
+    assert hub.loaded() == ["big"] and hub.get("big") is big
+    assert hub.evict("big") and hub.loaded() == []
+
+
+def test_concurrent_gets_load_once(fake_models: dict[str, int]) -> None:
+    hub = ModelHub(ModelStore(Path("/unused")), device="cpu", memory_budget_mb=100)
+    results: list[object] = []
+    barrier = threading.Barrier(6)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(hub.get("a"))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 6 and all(r is results[0] for r in results)
+    assert fake_models == {"a": 1}
+
+
+def test_budget_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        ModelHub(ModelStore(Path("/unused")), device="cpu", memory_budget_mb=0)

@@ -1,0 +1,283 @@
+"""LGD: Leveraging Generative Descriptions (Li et al., Pattern Recognition 2025; METHODS.md, section 4).
+
+A multimodal LLM writes two descriptions of the referent from the image and the expression
+(:mod:`workers.engine.descriptions`): an attribute description ``T_att`` and a surrounding description
+``T_sur``. Each proposal i is then scored with three CLIP region-text scores on the same per-mask visual
+feature ``visual_i`` (Global-Local CLIP's ``v * global_i + (1 - v) * local_i``, read from the per-image cache):
+
+    S_van_i = the Global-Local CLIP score of the expression (sentence / noun-phrase text mix)
+    S_att_i = scale * cosine(visual_i, f(T_att))
+    S_sur_i = scale * cosine(visual_i, f(T_sur))
+    S_i     = use_van * S_van_i + use_att * alpha * S_att_i + use_sur * beta * S_sur_i
+
+and the proposals are ranked by ``S``. Each candidate's ``components`` holds ``s_van``, ``s_att`` (when
+``use_att``), ``s_sur`` (when ``use_sur``) and ``score`` (= S).
+
+Shape: the config extends :class:`GlobalLocalConfig`, and the pipeline extends the Global-Local pipeline, so
+the vanilla term is exactly the ``global_local`` score under the same keys (``alpha = beta = 0`` ranks as
+``global_local`` does, to the bit), and the proposals and per-mask features of an image are shared with it
+through the per-image cache.
+
+Defaults (the paper publishes neither its MLLM, its prompts nor its alpha / beta; it sweeps alpha and beta
+in its figures 3-5):
+
+- ``mllm_model = "llava_1_5_7b"`` (paper scale); ``"smolvlm_256m"`` is the laptop model. The tiny profile maps
+  both to ``mllm_tiny``.
+- ``alpha = 1.0``: the attribute description talks about the referent itself, as the expression does, so it
+  gets the expression's weight.
+- ``beta = 0.5``: the surrounding description is mostly about *other* objects; a referent mask matches it
+  only through context (the global-context half of its feature), so it gets half weight, and it can
+  never outvote the two terms about the referent.
+  Both are guesses to be tuned by a sweep on a validation split (``manage.py benchmark --config lgd.alpha=..``).
+- ``max_new_tokens = 48``: the descriptions are one short sentence, and CLIP reads at most 77 tokens.
+- ``prefill_response = true``: every description starts with "A photo of" (the paper's shape).
+
+Ablations (the paper's table shape): ``use_van``, ``use_att``, ``use_sur``. A term that is off costs nothing:
+``use_att = false`` generates no attribute description (and ``use_att = use_sur = false`` no MLLM call at all).
+A weight of 0 with the term on still generates and reports its score, so ``s_att`` can be inspected.
+
+The descriptions themselves are reachable through :meth:`LgdPipeline.descriptions` (the candidates'
+components are floats only); after :meth:`predict` it is a cache hit and makes no MLLM call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workers.engine.descriptions import (
+    DescriptionGenerator,
+    DescriptionRequest,
+    GeneratedDescription,
+    GenerationSettings,
+    PromptSet,
+    cached_descriptions,
+    load_prompt_set,
+)
+from workers.engine.errors import ConfigError
+from workers.engine.masks import Proposals
+from workers.engine.pipelines.base import ImageContext, PipelineConfig
+from workers.engine.pipelines.global_local import GlobalLocalConfig, GlobalLocalPipeline
+from workers.engine.pipelines.registry import model_for_profile, register_pipeline
+from workers.engine.pipelines.shared import model_fingerprint, rank_candidates
+from workers.engine.text import parse_expression
+from workers.engine.types import Candidate
+
+
+@dataclass(frozen=True)
+class LgdConfig(GlobalLocalConfig):
+    """Settings of LGD: every Global-Local CLIP key (the vanilla score and the mask features), plus:
+
+    Attributes:
+        mllm_model: store name of the multimodal LLM (``llava_1_5_7b``, ``smolvlm_256m``, ``mllm_tiny``).
+        prompt_set: name of the prompt file ``workers/engine/prompts/<name>.json``.
+        max_new_tokens: cap on generated tokens per description.
+        prefill_response: start the assistant turn with the prompt's response prefix ("A photo of").
+        mllm_batch_size: most sequences (expression x prompt kind) in one ``generate`` call.
+        alpha, beta: weights of ``S_att`` and ``S_sur`` (>= 0).
+        use_van, use_att, use_sur: ablation switches of the three terms (at least one on).
+    """
+
+    mllm_model: str = "llava_1_5_7b"
+    prompt_set: str = "lgd"
+    max_new_tokens: int = 48
+    prefill_response: bool = True
+    mllm_batch_size: int = 16
+    alpha: float = 1.0
+    beta: float = 0.5
+    use_van: bool = True
+    use_att: bool = True
+    use_sur: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.mllm_model:
+            raise ConfigError("config key 'mllm_model' must name a multimodal LLM of the store")
+        try:
+            load_prompt_set(self.prompt_set)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'prompt_set': {exc}") from exc
+        self.check_range("max_new_tokens", 1, 1024)
+        self.check_range("mllm_batch_size", 1)
+        self.check_range("alpha", 0.0)
+        self.check_range("beta", 0.0)
+        if not (self.use_van or self.use_att or self.use_sur):
+            raise ConfigError(
+                "config keys 'use_van', 'use_att' and 'use_sur' are all false; turn at least one on"
+            )
+
+    @property
+    def prompts(self) -> PromptSet:
+        return load_prompt_set(self.prompt_set)
+
+    @property
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            prefill_response=self.prefill_response,
+            batch_size=self.mllm_batch_size,
+        )
+
+    @property
+    def active_kinds(self) -> tuple[str, ...]:
+        """The description kinds the enabled terms need, in generation order."""
+        return tuple(kind for kind, on in (("attribute", self.use_att), ("surrounding", self.use_sur)) if on)
+
+    def vanilla_config(self) -> GlobalLocalConfig:
+        """The Global-Local CLIP config whose score is ``S_van``."""
+        keys = GlobalLocalConfig.field_names()
+        return GlobalLocalConfig.from_dict({k: v for k, v in self.to_dict().items() if k in keys})
+
+
+@dataclass(frozen=True)
+class Descriptions:
+    """The two descriptions of one expression on one image (``None`` for a kind that was switched off)."""
+
+    expression: str
+    attribute: str | None
+    surrounding: str | None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"expression": self.expression, "attribute": self.attribute, "surrounding": self.surrounding}
+
+
+@register_pipeline("lgd")
+class LgdPipeline(GlobalLocalPipeline):
+    """LGD; see the module docstring."""
+
+    config_class = LgdConfig
+    config: LgdConfig
+
+    def __init__(self, config: PipelineConfig, *, hub: Any, cache: Any, meter: Any) -> None:
+        super().__init__(config, hub=hub, cache=cache, meter=meter)
+        self._generators: dict[int, DescriptionGenerator] = {}
+
+    @classmethod
+    def default_config(cls, profile: str = "paper") -> LgdConfig:
+        base = LgdConfig()
+        return LgdConfig.from_dict(
+            {
+                "clip_model": model_for_profile(base.clip_model, profile),
+                "proposal_source": model_for_profile(base.proposal_source, profile),
+                "mllm_model": model_for_profile(base.mllm_model, profile),
+            }
+        )
+
+    # -- descriptions -------------------------------------------------------------------------------
+    def _generator(self) -> DescriptionGenerator:
+        bundle = self.hub.get(self.config.mllm_model)
+        generator = self._generators.get(id(bundle))
+        if generator is None:  # a bundle the hub evicted and reloaded is a new object
+            self._generators = {
+                id(bundle): DescriptionGenerator(
+                    bundle, self.config.mllm_model, self.config.prompts, self.config.generation, self.meter
+                )
+            }
+            generator = self._generators[id(bundle)]
+        return generator
+
+    def _generated(
+        self, ctx: ImageContext, expressions: Sequence[str]
+    ) -> dict[tuple[str, str], GeneratedDescription]:
+        """Every active kind's description of every expression, keyed by (expression, kind)."""
+        kinds = self.config.active_kinds
+        if not kinds or not expressions:
+            return {}
+        requests = []
+        for expression in dict.fromkeys(expressions):
+            parsed = parse_expression(expression)
+            text = " ".join(expression.split())
+            requests.extend(DescriptionRequest(text, parsed.noun_phrase, kind) for kind in kinds)
+        made = cached_descriptions(
+            ctx,
+            requests,
+            generator=self._generator,
+            model_fingerprint=model_fingerprint(self.hub, self.config.mllm_model),
+            prompts=self.config.prompts,
+            settings=self.config.generation,
+        )
+        return {(" ".join(r.expression.split()), r.kind): d for r, d in zip(requests, made, strict=True)}
+
+    def descriptions(self, ctx: ImageContext, expressions: Sequence[str]) -> list[Descriptions]:
+        """``T_att`` / ``T_sur`` of each expression on ``ctx``'s image (cached; generated when missing)."""
+        expressions = list(expressions)
+        generated = self._generated(ctx, expressions)
+
+        def text(expression: str, kind: str) -> str | None:
+            found = generated.get((" ".join(expression.split()), kind))
+            return found.text if found is not None else None
+
+        return [Descriptions(e, text(e, "attribute"), text(e, "surrounding")) for e in expressions]
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def predict(self, ctx: ImageContext, expressions: Sequence[str]) -> list[list[Candidate]]:
+        expressions = list(expressions)
+        if not expressions:
+            return []
+        for expression in expressions:  # refuse an empty expression before any model work
+            parse_expression(expression)
+        proposals = self.proposals(ctx)
+        if len(proposals) == 0:
+            return [[] for _ in expressions]
+        features = self.visual_features(ctx, proposals)
+        text = self.text_features(expressions)
+        described = self.descriptions(ctx, expressions)
+        extractor = self._extractors.get(self.config.clip_model, self.config.feature_settings)
+        with self.meter.stage("text"):
+            att = self._description_features(extractor, [d.attribute for d in described])
+            sur = self._description_features(extractor, [d.surrounding for d in described])
+        with self.meter.stage("scoring"):
+            return self._rank_lgd(proposals, features, text, att, sur)
+
+    @staticmethod
+    def _description_features(extractor: Any, texts: list[str | None]) -> torch.Tensor | None:
+        if any(t is None for t in texts):
+            return None
+        return extractor.encode_texts(texts)
+
+    def mixed_visual(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``N x D`` per-mask visual features, mixed as Global-Local CLIP mixes them (unnormalised)."""
+        c = self.config
+        v = c.resolved_v
+        global_f, local_f = features["global"].float(), features["local"].float()
+        if c.normalize_before_mix:
+            global_f, local_f = F.normalize(global_f, dim=-1), F.normalize(local_f, dim=-1)
+        return v * global_f + (1.0 - v) * local_f
+
+    def _rank_lgd(
+        self,
+        proposals: Proposals,
+        features: dict[str, torch.Tensor],
+        text: torch.Tensor,
+        att: torch.Tensor | None,
+        sur: torch.Tensor | None,
+    ) -> list[list[Candidate]]:
+        c = self.config
+        visual = F.normalize(self.mixed_visual(features), dim=-1)
+
+        def cosine(t: torch.Tensor) -> np.ndarray:  # E x D texts -> E x N scores
+            return (c.score_scale * F.normalize(t.float(), dim=-1) @ visual.T).numpy()
+
+        s_van = cosine(text)
+        s_att = cosine(att) if att is not None else None
+        s_sur = cosine(sur) if sur is not None else None
+        results = []
+        for e in range(s_van.shape[0]):
+            total = np.zeros(len(proposals), dtype=np.float64)
+            components: dict[str, np.ndarray] = {"s_van": s_van[e]}
+            if c.use_van:
+                total = total + s_van[e].astype(np.float64)
+            if s_att is not None:
+                components["s_att"] = s_att[e]
+                total = total + c.alpha * s_att[e].astype(np.float64)
+            if s_sur is not None:
+                components["s_sur"] = s_sur[e]
+                total = total + c.beta * s_sur[e].astype(np.float64)
+            components["score"] = total
+            results.append(rank_candidates(proposals, total, components))
+        return results

@@ -1,0 +1,146 @@
+"""Thin Celery tasks: a job id in, the engine called, services write the result.
+
+The engine (and with it torch) is imported inside the task bodies, so importing this module (which
+the Celery app does in every process that loads it) stays cheap, and tests can hand in a fake engine
+by replacing ``engine_get``.
+
+``run_segmentation_job`` owns its retry policy: when the database cannot be reached it retries with
+exponential backoff (the job's row is the truth, so nothing is decided while it is away); every other
+error fails the job with the error in words, which the review page shows next to a retry button.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from workers.celery_app import app
+
+logger = logging.getLogger(__name__)
+
+DB_RETRY_MAX = 8
+DB_RETRY_BASE_SECONDS = 2.0
+DB_RETRY_CAP_SECONDS = 120.0
+
+
+def engine_get() -> Any:
+    """The process's engine (one per worker process, models loaded once)."""
+    from workers.engine.runtime import get_engine
+
+    return get_engine()
+
+
+def image_input_make(rgb: Any, sha256: str) -> Any:
+    from workers.engine.types import ImageInput
+
+    return ImageInput(rgb=rgb, sha256=sha256)
+
+
+def _db_backoff(retries: int) -> float:
+    return min(DB_RETRY_CAP_SECONDS, DB_RETRY_BASE_SECONDS * 2**retries)
+
+
+def _error_in_words(error: BaseException) -> str:
+    from workers.engine.errors import EngineError
+
+    if isinstance(error, EngineError):
+        return str(error)
+    if isinstance(error, SoftTimeLimitExceeded):
+        return (
+            f"The job took longer than its time limit ({settings.CELERY_TASK_SOFT_TIME_LIMIT} s) and was stopped. "
+            "Try a smaller image, fewer proposals, or raise RIS_JOB_SOFT_TIME_LIMIT."
+        )
+    if isinstance(error, MemoryError):
+        return "The worker ran out of memory on this job. Try a smaller image or a lighter pipeline."
+    text = str(error).strip()
+    return (
+        f"Unexpected {type(error).__name__}" + (f": {text}" if text else "") + " (details in the worker log)."
+    )
+
+
+@app.task(bind=True, name="workers.tasks.run_segmentation_job", max_retries=DB_RETRY_MAX)
+def run_segmentation_job(self: Any, job_id: int) -> str:
+    """Claim job ``job_id``, segment its expression on its image, store the ranked candidates."""
+    from server.ris.services import image_load_rgb, job_claim, job_fail, job_progress, job_succeed
+
+    worker = str(self.request.hostname or socket.gethostname())
+    try:
+        job = job_claim(job_id=job_id, worker=worker, task_id=str(self.request.id or ""))
+        if job is None:
+            logger.info("Job %s is not claimable (taken, finished or cancelled); skipping", job_id)
+            return "skipped"
+        queued_s = (job.started_at - job.created_at).total_seconds() if job.started_at else None
+        timings: dict[str, Any] = {"queue_wait_s": queued_s, "attempt": job.attempts}
+        try:
+            started = time.perf_counter()
+            image = job.expression.image
+            rgb = image_load_rgb(image)
+            timings["load_image_s"] = time.perf_counter() - started
+            if not job_progress(job_id=job_id, progress=0.1):
+                return "cancelled"
+            engine = engine_get()
+            resolve = getattr(engine, "resolve_config", None)
+            config = resolve(job.pipeline, job.config) if resolve is not None else dict(job.config)
+            started = time.perf_counter()
+            with engine.meter.capture() as meter:
+                ranked = engine.predict(
+                    image_input_make(rgb, image.sha256),
+                    [job.expression.text],
+                    pipeline=job.pipeline,
+                    config=config,
+                    top_k=settings.RIS_CANDIDATES_KEPT,
+                )
+            timings["predict_s"] = time.perf_counter() - started
+            timings["engine"] = meter.snapshot()
+            candidates = [candidate.to_json() for candidate in (ranked[0] if ranked else [])]
+            if not job_succeed(job_id=job_id, candidates=candidates, timings=timings, config=config):
+                return "discarded"
+            return "succeeded"
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as error:
+            logger.exception("Job %s failed", job_id)
+            job_fail(job_id=job_id, error=_error_in_words(error), timings=timings)
+            return "failed"
+    except (OperationalError, InterfaceError) as error:
+        # Celery's Django fixup closes broken connections before the retry runs.
+        logger.warning("Database unavailable for job %s (%s); retrying", job_id, error)
+        raise self.retry(exc=error, countdown=_db_backoff(self.request.retries)) from error
+
+
+@app.task(bind=True, name="workers.tasks.prepare_image", max_retries=0, ignore_result=True)
+def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
+    """Warm-up at low priority: do an image's image-level engine work into the cache ahead of time."""
+    from server.ris.models import Image
+    from server.ris.services import image_load_rgb
+
+    image = Image.objects.filter(pk=image_id).first()
+    if image is None:
+        return "missing"
+    try:
+        engine = engine_get()
+        engine.prepare(
+            image_input_make(image_load_rgb(image), image.sha256),
+            pipeline=pipeline or settings.RIS_DEFAULT_PIPELINE,
+        )
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:  # a warm-up that fails costs only time: the job does the work itself
+        logger.exception("Preparing image %s failed; its first job will do the image work", image_id)
+        return "failed"
+    return "prepared"
+
+
+@app.task(name="workers.tasks.reconcile_jobs", ignore_result=True)
+def reconcile_jobs() -> dict[str, list[int]]:
+    """Periodic: send again jobs whose message may be lost, fail those whose workers kept dying."""
+    from server.ris.services import jobs_reconcile
+
+    report = jobs_reconcile()
+    return {"requeued": report.requeued, "failed": report.failed}
