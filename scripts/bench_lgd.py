@@ -259,12 +259,13 @@ def bench_model(bundle: MllmBundle, label: str, n_expr: int, max_new_tokens: int
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=len(requests))
     _timed(bundle, rgb, requests[:2], settings, one_by_one=False)  # warm-up (lazy inits, allocator)
     rows: dict[str, Any] = {}
-    for mode in ("batched", "one_by_one"):
-        runs = []
-        for _ in range(repeats):
-            runs.append(_timed(bundle, rgb, requests, settings, one_by_one=mode == "one_by_one"))
-            print(f"  {label}: {mode} {runs[-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
-        best = min(runs, key=lambda r: r["seconds"])
+    runs: dict[str, list[dict]] = {"batched": [], "one_by_one": []}
+    for _ in range(repeats):  # modes interleaved, so a change in machine load hits both alike
+        for mode in runs:
+            runs[mode].append(_timed(bundle, rgb, requests, settings, one_by_one=mode == "one_by_one"))
+            print(f"  {label}: {mode} {runs[mode][-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+    for mode in runs:
+        best = min(runs[mode], key=lambda r: r["seconds"])
         rows[mode] = {
             "mllm_calls": best["calls"],
             "seconds": round(best["seconds"], 3),

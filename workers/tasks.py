@@ -7,18 +7,25 @@ by replacing ``engine_get``.
 ``run_segmentation_job`` owns its retry policy: when the database cannot be reached it retries with
 exponential backoff (the job's row is the truth, so nothing is decided while it is away); every other
 error fails the job with the error in words, which the review page shows next to a retry button.
+
+While the engine works, a heartbeat thread reports through ``job_progress`` every quarter of
+``RIS_JOB_STALE_SECONDS`` (at most every minute): a live worker's job never looks lost to the reconciler,
+however long its model calls take, and a job cancelled while it runs is noticed (``job_progress`` answers
+False) and its result is not written.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
+from types import TracebackType
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connections
 
 from workers.celery_app import app
 
@@ -46,10 +53,63 @@ def _db_backoff(retries: int) -> float:
     return min(DB_RETRY_CAP_SECONDS, DB_RETRY_BASE_SECONDS * 2**retries)
 
 
+class JobHeartbeat:
+    """A thread that calls ``job_progress`` every ``interval`` seconds while the block runs.
+
+    ``stopped`` turns True when the job is no longer running (cancelled, or given to another worker):
+    the caller then writes nothing. A database error on one beat is logged and the next beat tries again.
+    """
+
+    def __init__(self, job_id: int, *, progress: float, interval: float) -> None:
+        self.job_id = job_id
+        self.progress = progress
+        self.interval = interval
+        self.stopped = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"job-{job_id}-heartbeat", daemon=True)
+
+    def __enter__(self) -> JobHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._done.set()
+        self._thread.join(timeout=self.interval + 10)
+
+    def _run(self) -> None:
+        from server.ris.services import job_progress
+
+        try:
+            while not self._done.wait(self.interval):
+                try:
+                    if not job_progress(job_id=self.job_id, progress=self.progress):
+                        self.stopped = True
+                        logger.info(
+                            "Job %s is no longer running (cancelled?); its result will not be written",
+                            self.job_id,
+                        )
+                        return
+                except (OperationalError, InterfaceError) as error:
+                    logger.warning(
+                        "Heartbeat of job %s could not reach the database (%s)", self.job_id, error
+                    )
+                    connections.close_all()
+        finally:
+            connections.close_all()  # this thread's own connections
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats: a quarter of the stale time, between 1 s and 60 s."""
+    return max(1.0, min(60.0, float(settings.RIS_JOB_STALE_SECONDS) / 4))
+
+
 def _error_in_words(error: BaseException) -> str:
+    from server.ris.errors import RisError
     from workers.engine.errors import EngineError
 
-    if isinstance(error, EngineError):
+    if isinstance(error, EngineError | RisError):
         return str(error)
     if isinstance(error, SoftTimeLimitExceeded):
         return (
@@ -88,7 +148,8 @@ def run_segmentation_job(self: Any, job_id: int) -> str:
             resolve = getattr(engine, "resolve_config", None)
             config = resolve(job.pipeline, job.config) if resolve is not None else dict(job.config)
             started = time.perf_counter()
-            with engine.meter.capture() as meter:
+            heartbeat = JobHeartbeat(job_id, progress=0.1, interval=heartbeat_interval())
+            with heartbeat, engine.meter.capture() as meter:
                 ranked = engine.predict(
                     image_input_make(rgb, image.sha256),
                     [job.expression.text],
@@ -97,6 +158,13 @@ def run_segmentation_job(self: Any, job_id: int) -> str:
                     top_k=settings.RIS_CANDIDATES_KEPT,
                 )
             timings["predict_s"] = time.perf_counter() - started
+            if heartbeat.stopped:
+                logger.info(
+                    "Job %s was cancelled while it ran; %s s of work discarded",
+                    job_id,
+                    round(timings["predict_s"], 1),
+                )
+                return "cancelled"
             timings["engine"] = meter.snapshot()
             candidates = [candidate.to_json() for candidate in (ranked[0] if ranked else [])]
             if not job_succeed(job_id=job_id, candidates=candidates, timings=timings, config=config):

@@ -176,7 +176,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": RIS_JOB_STALE_SECONDS}
+    # An unacknowledged message goes back to the queue after the visibility timeout. It must outlast the
+    # longest a live worker may hold a job (its hard time limit), or a second worker runs it too; a job
+    # whose worker died is found sooner by the reconciler (no heartbeat for RIS_JOB_STALE_SECONDS).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": max(RIS_JOB_STALE_SECONDS, env.int("RIS_JOB_TIME_LIMIT", default=1900) + 60)
+    }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

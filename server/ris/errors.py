@@ -35,3 +35,9 @@ class Conflict(RisError):
     """The object is in a state that does not allow the action (cancelling a finished job)."""
 
     status_code = 409
+
+
+class StoredFileMissing(RisError):
+    """An image's bytes are no longer in storage (a volume not mounted, a file deleted by hand)."""
+
+    status_code = 410

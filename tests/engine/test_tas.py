@@ -18,7 +18,13 @@ import pytest
 
 from tests.engine.ranking_fixtures import TINY_SAM_AMG
 from workers.engine.cache import FeatureCache
-from workers.engine.captions import CaptionSettings, Captioner, blur_image, blurred_background_crops, opencv_sigma
+from workers.engine.captions import (
+    Captioner,
+    CaptionSettings,
+    blur_image,
+    blurred_background_crops,
+    opencv_sigma,
+)
 from workers.engine.errors import BadInputError, ConfigError
 from workers.engine.lexicon import SynonymRule, WordNetMissingError
 from workers.engine.masks import Proposals
@@ -91,7 +97,9 @@ def test_peer_compat_resolves_every_quirk_and_keys_override_it():
     assert (ours.resolved_synonym_noun, code.resolved_synonym_noun) == ("head", "first")
     assert (ours.resolved_nan_guard, code.resolved_nan_guard) == (True, False)
     assert code.synonym_rule == SynonymRule(same_lemma=False, nouns_only=False)
-    assert "bottom" in ours.resolved_vocabulary["bottom"] and "bottom" not in code.resolved_vocabulary["bottom"]
+    assert (
+        "bottom" in ours.resolved_vocabulary["bottom"] and "bottom" not in code.resolved_vocabulary["bottom"]
+    )
     mixed = TasConfig.from_dict({"peer_compat": True, "spatial_match": "word"})
     assert mixed.resolved_spatial_match == "word" and mixed.resolved_nan_guard is False
 
@@ -198,11 +206,15 @@ def test_expressions_share_captions_and_a_cache_hit_does_no_captioning(model_hub
     ctx = _seed_proposals(pipe, image, masks)
     expressions = ["the red square", "green box on the right", "the background", "blue one at the bottom"]
     results = pipe.predict(ctx, expressions)
-    assert meter.calls(CAPTIONER) == len(masks) + 1  # one caption per mask and one of the image, not per expression
+    assert (
+        meter.calls(CAPTIONER) == len(masks) + 1
+    )  # one caption per mask and one of the image, not per expression
     assert meter.calls("clip_tiny:image") >= 1
     for candidates in results:
         assert [c.rank for c in candidates] == list(range(len(masks)))
-        assert {"s_v", "p", "n", "raw", "score", "rectifier_fired", "rectifier_pick"} <= set(candidates[0].components)
+        assert {"s_v", "p", "n", "raw", "score", "rectifier_fired", "rectifier_pick"} <= set(
+            candidates[0].components
+        )
         assert all(math.isfinite(c.score) for c in candidates)
         assert math.isclose(sum(c.score for c in candidates), 1.0, rel_tol=1e-6)  # softmax over the masks
 
@@ -251,6 +263,7 @@ def _decode(rle: dict) -> np.ndarray:
 
 def test_rectifier_in_the_pipeline(model_hub):
     image, masks = _scene()
+    masks = masks[:4]  # one square per quadrant (the background's centroid would sit in the bottom right)
     pipe = _pipeline(model_hub)
     ctx = _seed_proposals(pipe, image, masks)
     bottom_right, bright = pipe.predict(ctx, ["square at the bottom right", "the bright square"])
@@ -266,7 +279,9 @@ def test_rectifier_in_the_pipeline(model_hub):
 
 def test_missing_wordnet_is_an_error_naming_the_fix_or_a_lemma_fallback(model_hub, monkeypatch, caplog):
     def missing():
-        raise WordNetMissingError("WordNet is not installed; install WordNet with `scripts/ensure-wordnet.sh`")
+        raise WordNetMissingError(
+            "WordNet is not installed; install WordNet with `scripts/ensure-wordnet.sh`"
+        )
 
     monkeypatch.setattr(tas_module, "load_wordnet", missing)
     image, masks = _scene()
@@ -282,7 +297,9 @@ def test_missing_wordnet_is_an_error_naming_the_fix_or_a_lemma_fallback(model_hu
 
 
 def test_engine_runs_tas_end_to_end_with_sam_tiny(model_dir, model_hub):
-    engine = Engine(EngineSettings(model_dir=model_dir, cache_dir=None, device="cpu", profile="tiny"), hub=model_hub)
+    engine = Engine(
+        EngineSettings(model_dir=model_dir, cache_dir=None, device="cpu", profile="tiny"), hub=model_hub
+    )
     image, _ = _scene()
     config = {**FAST_CAPTIONS, "proposal_source": "sam_tiny", "amg": TINY_SAM_AMG, "max_overlap": None}
     with engine.meter.capture() as used:

@@ -58,7 +58,14 @@ def test_centroids_and_quadrants(scene):
     masks, _ = scene
     centroids = mask_centroids(masks)
     assert centroids[0].tolist() == [9, 9]  # mean of rows 2..17 truncated: (2 + 17) / 2 = 9.5 -> 9
-    assert quadrants(centroids).tolist() == [TOP_LEFT, TOP_LEFT, TOP_RIGHT, BOTTOM_LEFT, BOTTOM_RIGHT, BOTTOM_RIGHT]
+    assert quadrants(centroids).tolist() == [
+        TOP_LEFT,
+        TOP_LEFT,
+        TOP_RIGHT,
+        BOTTOM_LEFT,
+        BOTTOM_RIGHT,
+        BOTTOM_RIGHT,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -89,15 +96,24 @@ def test_bright_does_not_fire_right_but_does_in_peer_substring_mode(scene):
     masks, scores = scene
     assert _choose("the bright lamp", masks, scores) == (0, False)
     assert find_directions("a feast on the copyright page").fires is False
-    index, fired = _choose("the bright lamp", masks, scores, vocabulary=TAS_CODE_VOCABULARY, match="substring")
+    index, fired = _choose(
+        "the bright lamp", masks, scores, vocabulary=TAS_CODE_VOCABULARY, match="substring"
+    )
     assert fired and index == 2  # "bright" contains "right": the code re-selects in the right half
 
 
 def test_code_vocabulary_has_no_bottom_and_skips_punctuated_sentences(scene):
     masks, scores = scene
     assert _choose("bottom", masks, scores, vocabulary=TAS_CODE_VOCABULARY, match="substring") == (0, False)
-    assert find_directions("man on the left.", TAS_CODE_VOCABULARY, match="substring", skip_punctuated=True).fires is False
-    assert find_directions("man on the left", TAS_CODE_VOCABULARY, match="substring", skip_punctuated=True).fires
+    assert (
+        find_directions(
+            "man on the left.", TAS_CODE_VOCABULARY, match="substring", skip_punctuated=True
+        ).fires
+        is False
+    )
+    assert find_directions(
+        "man on the left", TAS_CODE_VOCABULARY, match="substring", skip_punctuated=True
+    ).fires
 
 
 def test_precedence_and_empty_quadrant(scene):

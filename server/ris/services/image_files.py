@@ -20,7 +20,7 @@ from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from server.ris.errors import InvalidInput
+from server.ris.errors import InvalidInput, StoredFileMissing
 from server.ris.models import Image
 from server.ris.services.images import EXIF_ORIENTATION_TAG
 
@@ -46,9 +46,18 @@ class Rendition:
 
 
 def image_read_bytes(image: Image) -> bytes:
-    """The stored bytes of ``image``, read through the default storage by key."""
-    with default_storage.open(image.storage_key, "rb") as handle:
-        return handle.read()
+    """The stored bytes of ``image``, read through the default storage by key.
+
+    Raises ``StoredFileMissing`` (naming the image and its key) when storage no longer holds them.
+    """
+    try:
+        with default_storage.open(image.storage_key, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise StoredFileMissing(
+            f"The stored file of image {image.original_name!r} (key {image.storage_key}) is missing from "
+            "storage; restore it (is the media volume mounted on this machine?) or upload the image again."
+        ) from None
 
 
 def image_open(image: Image) -> PILImage.Image:

@@ -1,0 +1,430 @@
+"""Faults with real processes: Celery workers killed with SIGKILL, a Redis broker restarted empty, the
+database taken away from the web server and the workers, a job that raises, and cancellation.
+
+Every process is real and separate: ``celery worker --pool solo`` processes (one per "GPU", as deployed),
+``celery beat`` running the periodic reconciler every 2 s, a private ``redis-server`` of this module only
+(on a free port from 6390, never the shared one), a TCP proxy between the workers and PostgreSQL (closing
+it takes the database away from them and nobody else), and gunicorn with production settings. The test
+process serves the API through DRF's test client on the live test database (``transactional_db``), so
+what it commits the workers see.
+
+Jobs run real MobileSAM on a real photo (skimage's astronaut, 256 px, 25 point prompts) with the tiny
+CLIP, which takes seconds on this CPU: long enough that a job is reliably "in the middle" when the test
+kills its worker or cancels it (the test checks it was: state running, no candidates), with nothing
+in the engine slowed down or faked for the purpose.
+
+Timings chosen for the test: ``RIS_JOB_STALE_SECONDS=10`` (the reconciler takes a job back after 10 s
+without a heartbeat; workers beat every 2.5 s while the engine works) and ``RIS_RECONCILE_INTERVAL=2``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+
+from tests.faults.procs import (
+    ROOT,
+    CeleryProcess,
+    PrivateRedis,
+    TcpProxy,
+    celery_env,
+    database_url,
+    free_port,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+STALE_SECONDS = 10
+FAST_CONFIG = {"amg": {"points_per_side": 5}, "shorter_side": 224}
+JOB_TIMEOUT_S = 240
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Fleet:
+    """The module's processes: a private Redis, beat, up to two workers, a proxy in front of PostgreSQL."""
+
+    redis: PrivateRedis
+    proxy: TcpProxy
+    env: dict[str, str]
+    logs: Path
+    model_dir: Path
+    workers: list[CeleryProcess] = field(default_factory=list)
+    beat: CeleryProcess | None = None
+    _count: int = 0
+
+    def start_worker(self) -> CeleryProcess:
+        self._count += 1
+        label = f"fault{self._count}"
+        cache = self.logs / f"cache-{label}"  # each worker its own engine cache, as on separate machines
+        env = {**self.env, "RIS_MODEL_DIR": str(self.model_dir), "RIS_CACHE_DIR": str(cache)}
+        worker = CeleryProcess.worker(env=env, logs=self.logs, label=label)
+        self.workers.append(worker)
+        return worker
+
+    def ensure_workers(self, count: int = 2) -> None:
+        self.workers = [w for w in self.workers if w.alive()]
+        while len(self.workers) < count:
+            self.start_worker()
+        for worker in self.workers:
+            worker.wait_ready()
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+    def worker_of(self, job) -> CeleryProcess:
+        owner = [w for w in self.workers if job.worker.startswith(f"{w.name}@")]
+        assert owner, (
+            f"job {job.pk} is held by {job.worker!r}, not by one of {[w.name for w in self.workers]}"
+        )
+        return owner[0]
+
+    def log_paths(self) -> list[Path]:
+        return sorted(self.logs.glob("*.log"))
+
+    def all_logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for path in self.log_paths())
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    django_db_setup, model_dir: Path, shared_media: Path, artifacts: Path, tmp_path_factory
+) -> Iterator[Fleet]:
+    from celery import Celery
+
+    import workers.celery_app
+
+    if connection.vendor != "postgresql":
+        pytest.fail("the fault tests need DATABASE_URL=postgres://... (run them through `make test`)")
+    logs = artifacts / "workers"
+    logs.mkdir(parents=True, exist_ok=True)
+    for old in logs.glob("*.log"):
+        old.unlink()
+    redis = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    redis.start()
+    proxy = TcpProxy(int(connection.settings_dict.get("PORT") or 5432))
+    proxy.open()
+    env = celery_env(
+        broker_url=redis.url,
+        database_url=database_url(connection.settings_dict, port=proxy.port),
+        media_root=shared_media,
+        RIS_JOB_STALE_SECONDS=str(STALE_SECONDS),
+        RIS_RECONCILE_INTERVAL="2",
+    )
+    fleet = Fleet(redis=redis, proxy=proxy, env=env, logs=logs, model_dir=model_dir)
+    fleet.beat = CeleryProcess.beat(env=env, logs=logs)
+
+    # This process sends to the private Redis too (Celery reads CELERY_BROKER_URL before its config).
+    private = Celery("ris-faults", set_as_current=False)
+    private.config_from_object("django.conf:settings", namespace="CELERY")
+    private.conf.broker_url = redis.url
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("CELERY_BROKER_URL", raising=False)
+        patch.setattr(workers.celery_app, "app", private)
+        try:
+            yield fleet
+        finally:
+            fleet.stop_workers()
+            if fleet.beat is not None:
+                fleet.beat.stop()
+            proxy.close()
+            redis.kill()
+            private.close()
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def no_warmup(settings) -> None:
+    settings.RIS_PREPARE_ON_UPLOAD = False  # jobs, not background warm-ups, are what these tests watch
+
+
+def upload(api_client, project, name: str, data: bytes) -> dict:
+    response = api_client.post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": [SimpleUploadedFile(name, data, content_type="image/jpeg")]},
+        format="multipart",
+    )
+    assert response.status_code == 201, response.json()
+    return response.json()["images"][0]
+
+
+def ask(api_client, image_id: int, text: str, config: dict | None = None) -> int:
+    response = api_client.post(
+        f"/api/images/{image_id}/expressions/",
+        {"text": text, "pipeline": "global_local", "config": config or FAST_CONFIG},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    return response.json()["job"]["id"]
+
+
+def job_row(job_id: int):
+    from server.ris.models import SegmentationJob
+
+    return SegmentationJob.objects.get(pk=job_id)
+
+
+def wait_for_jobs(fleet: Fleet, job_ids: list[int], states=FINISHED, timeout: float = JOB_TIMEOUT_S) -> list:
+    def done():
+        rows = [job_row(job_id) for job_id in job_ids]
+        return rows if all(row.state in states for row in rows) else None
+
+    return wait_until(done, timeout=timeout, what=f"jobs {job_ids} to reach {states}", logs=fleet.log_paths())
+
+
+def assert_candidates_written_once(job_id: int, height: int = 256, width: int = 256) -> list:
+    from server.ris.models import Candidate
+
+    rows = list(Candidate.objects.filter(job_id=job_id).order_by("rank"))
+    assert rows, f"job {job_id} has no candidates"
+    assert [row.rank for row in rows] == list(range(len(rows))), "ranks repeat or skip: written twice?"
+    assert all(row.rle["size"] == [height, width] for row in rows)
+    return rows
+
+
+def broker_gpu_messages() -> int | None:
+    from server.ris.services.dispatch import JOB_QUEUE, broker_queue_size
+
+    return broker_queue_size(JOB_QUEUE)
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def test_redis_restarted_empty_loses_no_job(fleet, api_client, project, user, photo_jpeg, no_warmup):
+    """Jobs wait in Redis (and one is held by a worker that died with it); Redis is killed and comes back
+    empty; the periodic reconciler sends every job the database holds as queued or running again."""
+    from django.utils import timezone
+
+    from server.ris.services import job_claim
+
+    fleet.stop_workers()  # nobody consumes: the messages sit in Redis when it dies
+    images = [upload(api_client, project, f"r{i}.jpg", photo_jpeg(i)) for i in range(2)]
+    queued = [
+        ask(api_client, image["id"], text) for image in images for text in ("the astronaut", "the flag")
+    ]
+    ghost = ask(api_client, images[0]["id"], "the helmet")
+    assert job_claim(job_id=ghost, worker="ghost@gone", task_id="lost-with-redis") is not None
+    assert broker_gpu_messages() == 5
+
+    fleet.redis.kill()
+    fleet.redis.start()
+    restarted_at = timezone.now()
+    assert fleet.redis.keys() == [] and broker_gpu_messages() == 0, "Redis came back with data"
+
+    fleet.ensure_workers(2)
+    jobs = wait_for_jobs(fleet, [*queued, ghost])
+    for job in jobs:
+        assert job.state == "succeeded", f"job {job.pk}: {job.state} {job.error}"
+        assert job.dispatched_at > restarted_at, f"job {job.pk} was not sent again after the restart"
+        assert_candidates_written_once(job.pk)
+    assert [job.attempts for job in jobs] == [1, 1, 1, 1, 2]  # the ghost's dead attempt counts
+    assert "Reconciler: sent again" in fleet.all_logs()
+
+
+def test_worker_killed_mid_job_is_finished_once_by_another(fleet, api_client, project, photo_jpeg, no_warmup):
+    fleet.ensure_workers(2)
+    image = upload(api_client, project, "k.jpg", photo_jpeg(5))
+    job_id = ask(api_client, image["id"], "the woman in the space suit")
+
+    def in_the_engine():
+        job = job_row(job_id)
+        assert job.state in ("queued", "running"), (
+            f"job {job_id} ended before the kill: {job.state} {job.error}"
+        )
+        return job if job.state == "running" and job.progress >= 0.1 else None
+
+    running = wait_until(in_the_engine, timeout=120, what=f"job {job_id} to run", interval=0.05)
+    victim = fleet.worker_of(running)
+    victim.kill()
+    killed = job_row(job_id)
+    assert killed.state == "running" and killed.candidates.count() == 0, "the job was not in the middle"
+    survivor = next(w for w in fleet.workers if w is not victim)
+    fleet.start_worker()  # the fleet gets back to two workers for the next tests
+
+    (job,) = wait_for_jobs(fleet, [job_id])
+    assert job.state == "succeeded", f"{job.state}: {job.error}"
+    assert job.attempts == 2, "the job ran once more, no more"
+    assert not job.worker.startswith(f"{victim.name}@")
+    assert_candidates_written_once(job_id)
+    assert f"sent again [{job_id}]" in fleet.all_logs()  # taken back by the reconciler (no heartbeat)
+    assert survivor.alive()
+
+
+def test_job_that_raises_fails_in_words_others_go_on_and_retry_works(
+    fleet, api_client, project, photo_jpeg, no_warmup
+):
+    """One image of a batch has lost its stored file: its job fails with the reason, the others succeed,
+    and once the file is back the retry button (the retry endpoint) runs it to success."""
+    fleet.ensure_workers(2)
+    good = upload(api_client, project, "good.jpg", photo_jpeg(7))
+    bad = upload(api_client, project, "bad.jpg", photo_jpeg(8))
+    from server.ris.models import Image
+
+    key = Image.objects.get(pk=bad["id"]).storage_key
+    stored = default_storage.open(key, "rb").read()
+    default_storage.delete(key)
+
+    batch = [ask(api_client, good["id"], "the astronaut"), ask(api_client, bad["id"], "the astronaut")]
+    batch.append(ask(api_client, good["id"], "the flag"))
+    jobs = {job.pk: job for job in wait_for_jobs(fleet, batch)}
+    failed = jobs[batch[1]]
+    assert failed.state == "failed"
+    assert "missing" in failed.error or "No such file" in failed.error, failed.error
+    for job_id in (batch[0], batch[2]):
+        assert jobs[job_id].state == "succeeded", jobs[job_id].error
+    shown = api_client.get(f"/api/jobs/{failed.pk}/").json()
+    assert shown["state"] == "failed" and shown["error"] == failed.error
+    items = api_client.get(f"/web/projects/{project.pk}/review/items/").json()["items"]
+    assert any((item.get("job") or {}).get("error") == failed.error for item in items)
+
+    default_storage.save(key, SimpleUploadedFile("bad.jpg", stored))
+    retried = api_client.post(f"/api/jobs/{failed.pk}/retry/")
+    assert retried.status_code == 200 and retried.json()["state"] == "queued"
+    (job,) = wait_for_jobs(fleet, [failed.pk])
+    assert job.state == "succeeded" and job.error == "", job.error
+    assert_candidates_written_once(job.pk)
+
+
+def test_cancel_a_queued_and_a_running_job(fleet, api_client, project, photo_jpeg, no_warmup):
+    fleet.ensure_workers(2)
+    images = [upload(api_client, project, f"c{i}.jpg", photo_jpeg(10 + i)) for i in range(3)]
+    first, second, waiting = (ask(api_client, image["id"], "the astronaut") for image in images)
+
+    def both_workers_busy():
+        rows = [job_row(first), job_row(second)]
+        return all(row.state == "running" and row.progress >= 0.1 for row in rows)
+
+    wait_until(both_workers_busy, timeout=120, what="two jobs running", logs=fleet.log_paths(), interval=0.05)
+    assert job_row(waiting).state == "queued"
+    cancelled = api_client.post(f"/api/jobs/{waiting}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+
+    running = api_client.post(f"/api/jobs/{first}/cancel/")
+    assert running.status_code == 200 and running.json()["state"] == "cancelled", running.json()
+    wait_until(
+        lambda: f"Job {first} was cancelled while it ran" in fleet.all_logs(),
+        timeout=120,
+        what=f"the worker to notice that job {first} was cancelled",
+        logs=fleet.log_paths(),
+    )
+    (other,) = wait_for_jobs(fleet, [second])
+    assert other.state == "succeeded", other.error
+    wait_until(
+        lambda: f"Job {waiting} is not claimable" in fleet.all_logs(),
+        timeout=120,
+        what=f"a worker to receive cancelled job {waiting} and skip it",
+        logs=fleet.log_paths(),
+    )
+    for job_id in (first, waiting):
+        job = job_row(job_id)
+        assert job.state == "cancelled" and job.candidates.count() == 0
+    assert job_row(waiting).attempts == 0
+
+
+def _http(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type", ""), error.read().decode()
+
+
+@pytest.fixture
+def web_server(fleet: Fleet) -> Iterator[str]:
+    """gunicorn with production settings, on the same proxied database as the workers."""
+    port = free_port(18000)
+    env = {
+        **fleet.env,
+        "RIS_ENV": "production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(48),
+        "DJANGO_SECURE_COOKIES": "false",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+    }
+    log_path = fleet.logs / "gunicorn.log"
+    command = [
+        sys.executable, "-m", "gunicorn", "server.config.wsgi:application", "--bind", f"127.0.0.1:{port}",
+        "--workers", "1", "--timeout", "60",
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _http_ok(f"{base}/healthz"), timeout=60, what="gunicorn", logs=[log_path])
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return _http(url)[0] == 200
+    except OSError:
+        return False
+
+
+def test_database_unreachable_web_answers_503_and_workers_back_off(
+    fleet, web_server, api_client, project, photo_jpeg, no_warmup
+):
+    from server.ris.services import job_dispatch
+
+    fleet.ensure_workers(2)
+    image = upload(api_client, project, "d.jpg", photo_jpeg(20))
+    job_id = ask(api_client, image["id"], "the astronaut")
+    (warm,) = wait_for_jobs(fleet, [job_id])  # the image's proposals are cached: the next job is quick
+    assert warm.state == "succeeded", warm.error
+    job_id = ask(api_client, image["id"], "the flag")
+    wait_for_jobs(fleet, [job_id])
+
+    fleet.proxy.close()  # PostgreSQL is gone for the web server and the workers
+    try:
+        status, kind, body = _http(f"{web_server}/api/projects/", {"Authorization": "Token " + "a" * 40})
+        assert status == 503 and kind.startswith("application/json"), (status, body)
+        assert "database is unavailable" in body
+        status, kind, body = _http(f"{web_server}/projects/{project.pk}/", {"Cookie": "sessionid=abc"})
+        assert status == 503 and kind.startswith("text/html") and "database is unavailable" in body, body
+        status, _, body = _http(f"{web_server}/healthz")
+        assert status == 503 and "database unreachable" in body
+
+        from server.ris.services import expression_create
+
+        with pytest.MonkeyPatch.context() as patch:  # create the job now, send it only while the db is away
+            patch.setattr("server.ris.services.expressions.job_enqueue_on_commit", lambda **kwargs: None)
+            from server.ris.models import Image
+
+            expression = expression_create(
+                image=Image.objects.get(pk=image["id"]), text="the sky", author=None, config=FAST_CONFIG
+            )
+        job_id = expression.jobs.get().pk
+        assert job_dispatch(job_id=job_id)
+        wait_until(
+            lambda: "Retry in 2s" in fleet.all_logs() and "Retry in 4s" in fleet.all_logs(),
+            timeout=90,
+            what="the worker to retry with backoff (2 s, then 4 s)",
+            logs=fleet.log_paths(),
+        )
+        assert job_row(job_id).state == "queued"
+    finally:
+        fleet.proxy.open()
+    (job,) = wait_for_jobs(fleet, [job_id], timeout=120)
+    assert job.state == "succeeded" and job.attempts == 1, (job.state, job.error)
+    assert _http(f"{web_server}/healthz")[0] == 200
+    assert "OperationalError" in fleet.all_logs()
