@@ -24,10 +24,12 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $@
 
 models: install
+	@PY=$(PY) scripts/ensure-wordnet.sh || echo "WordNet is missing: every pipeline but TAS works (see above)"
 	$(PY) manage.py models ensure
 
 run: install
 	$(PY) manage.py migrate --noinput
+	@PY=$(PY) scripts/ensure-wordnet.sh || echo "WordNet is missing: every pipeline but TAS works (see above)"
 	$(PY) manage.py models ensure
 	$(PY) manage.py ensure_admin
 	HOST=$(HOST) PORT=$(PORT) PY=$(PY) scripts/serve-dev.sh
@@ -35,6 +37,7 @@ run: install
 test: install
 	@scripts/ensure-services.sh
 	@scripts/ensure-browser.sh
+	@PY=$(PY) scripts/ensure-wordnet.sh
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) RIS_TEST_ARTIFACTS=$(CURDIR)/test-artifacts \
 		$(PY) -m pytest $(PYTEST_ARGS)
 

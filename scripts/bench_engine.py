@@ -176,14 +176,14 @@ def main() -> None:
     print(
         f"machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    print(f"image: scikit-image astronaut {image.width}x{image.height}; warm-up image: coffee")
+    print(f"image: scikit-image astronaut {image.width}x{image.height}")
     print(f"SAM ViT-B points_per_side={args.points_per_side} (SAM's default is 32; reduced for a 2-core CPU)")
     raw_key = ctx.key("proposals", proposal_params(engine.hub, "sam_vit_b", pipeline.config.amg_config))
     raw = len(engine.cache.get(raw_key)["rles"])
     print(
         f"proposals: {raw} generated, {n_masks} kept (the {args.masks} largest); second expression ranked {len(second[0])}"
     )
-    warm_note = f"warm-up image: {warm_s:.1f} s" if args.warmup else "no warm-up image"
+    warm_note = f"warm-up image (coffee): {warm_s:.1f} s" if args.warmup else "no warm-up image"
     print(f"model load (not timed below): {load_s:.1f} s; {warm_note}")
     print()
     print(f"first expression on the image : {first_s:8.3f} s")

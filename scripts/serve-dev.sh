@@ -5,7 +5,16 @@ PY=${PY:-.venv/bin/python}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 pids=()
-stop() { trap - INT TERM EXIT; kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; echo "stopped"; }
+stop() {
+  trap - INT TERM EXIT
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  # A job in flight is not lost when the worker is cut short: its message is acknowledged late and
+  # the database still holds the job as running, so it is delivered again (or re-enqueued) later.
+  for _ in 1 2 3 4 5; do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 1; done
+  kill -KILL "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  echo "stopped the web server and the worker"
+}
 trap stop INT TERM EXIT
 "$PY" -m celery -A workers.celery_app worker -Q gpu,default --concurrency 1 --pool solo -B \
   --loglevel INFO -n "gpu@%h" &

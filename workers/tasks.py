@@ -160,7 +160,7 @@ def run_segmentation_job(self: Any, job_id: int) -> str:
             timings["predict_s"] = time.perf_counter() - started
             if heartbeat.stopped:
                 logger.info(
-                    "Job %s was cancelled while it ran; %s s of work discarded",
+                    "Job %s is no longer running (cancelled?); %s s of work discarded, nothing written",
                     job_id,
                     round(timings["predict_s"], 1),
                 )

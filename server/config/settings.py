@@ -80,6 +80,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "server.web.context_processors.model_profile",
             ],
         },
     },
@@ -107,6 +108,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
 STATIC_ROOT = Path(env.str("RIS_STATIC_ROOT", default=str(VAR_DIR / "static")))
+# Serve straight from frontend/static when collectstatic has not run (development and tests).
+WHITENOISE_USE_FINDERS = env.bool("RIS_STATIC_FROM_SOURCE", default=not STATIC_ROOT.exists())
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env.str("RIS_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 

@@ -58,7 +58,9 @@ def test_web_settings_come_from_the_environment(compose: dict) -> None:
     assert env["RIS_ENV"] == "production"
     assert env["DATABASE_URL"].startswith("postgres://")
     assert env["CELERY_BROKER_URL"].startswith("redis://")
-    assert "?" in env["DJANGO_SECRET_KEY"], "the secret must be required from the environment, never defaulted"
+    assert "?" in env["DJANGO_SECRET_KEY"], (
+        "the secret must be required from the environment, never defaulted"
+    )
 
 
 def test_web_image_runs_gunicorn_and_collects_static() -> None:

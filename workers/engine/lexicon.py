@@ -169,7 +169,9 @@ def _place(source: Path, target: Path) -> None:
         return
     if target.exists() or target.is_symlink():
         target.unlink()
-    temporary = target.with_name(target.name + ".part")
+    temporary = target.with_name(
+        f"{target.name}.{os.getpid()}-{threading.get_ident()}.part"
+    )  # one per writer
     shutil.copyfile(source, temporary)
     temporary.replace(target)
 
@@ -198,7 +200,7 @@ def build_wordnet_corpus(source: Path | str = DEBIAN_WORDNET_DIR, data_dir: Path
     lexnames = folder / "lexnames"
     text = lexnames_text()
     if not lexnames.is_file() or lexnames.read_text(encoding="ascii") != text:
-        temporary = folder / "lexnames.part"
+        temporary = folder / f"lexnames.{os.getpid()}-{threading.get_ident()}.part"
         temporary.write_text(text, encoding="ascii")
         temporary.replace(lexnames)
     return folder

@@ -27,7 +27,9 @@ def expression_clean(text: Any) -> str:
     if not isinstance(text, str):
         raise InvalidInput("The expression must be text.")
     cleaned = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text).strip()
-    if not cleaned:
+    # Format characters alone (zero-width spaces, a byte-order mark) show nothing: empty too. Inside
+    # words they stay (the zero-width joiner builds emoji such as 👩\u200d💻).
+    if not any(unicodedata.category(ch) != "Cf" for ch in cleaned):
         raise InvalidInput("The expression is empty; type a few words that name the object to segment.")
     if len(cleaned) > Expression.MAX_LENGTH:
         raise InvalidInput(

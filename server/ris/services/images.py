@@ -120,11 +120,11 @@ def image_upload(
         name = _clean_name(upload.name or "upload")
         size = getattr(upload, "size", None)
         if size is not None and size > max_bytes:
-            rejected.append(RejectedFile(name, _too_big_message(size, max_bytes)))
+            rejected.append(RejectedFile(name, f"{name} {_too_big_message(size, max_bytes)}"))
             continue
         data = upload.read(max_bytes + 1)
         if len(data) > max_bytes:
-            rejected.append(RejectedFile(name, _too_big_message(len(data), max_bytes)))
+            rejected.append(RejectedFile(name, f"{name} {_too_big_message(len(data), max_bytes)}"))
             continue
         if data.startswith(_ZIP_MAGIC) or name.lower().endswith(".zip"):
             for member_name, member_data, problem in _zip_members(name, data):
@@ -215,13 +215,15 @@ def image_inspect(data: bytes) -> ImageFacts:
             )
         image_format = str(picture.format)
         try:
-            orientation = int(picture.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-        except Exception:  # a broken EXIF block must not hide the picture itself
-            orientation = 1
-        try:
+            # Decode before reading EXIF: a PNG's getexif() loads the pixels itself and, when that fails,
+            # leaves the image marked loaded, so a later load() would pass a corrupt file.
             picture.load()  # decodes the first frame only: animated images keep their first frame
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as error:
             raise ImageRejected(f"is truncated or corrupt and cannot be decoded ({error})") from None
+        try:
+            orientation = int(picture.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+        except Exception:  # a broken EXIF block must not hide the picture itself
+            orientation = 1
     if orientation in ROTATED_ORIENTATIONS:
         width, height = height, width
     return ImageFacts(format=image_format, width=width, height=height)

@@ -55,7 +55,11 @@ def job_dispatch(*, job_id: int) -> bool:
     message_id = task_send(RUN_SEGMENTATION_JOB, args=[job_id])
     if message_id is None:
         return False
-    SegmentationJob.objects.filter(pk=job_id).update(dispatched_at=timezone.now(), celery_task_id=message_id)
+    # Only a job still queued records the message: a job claimed meanwhile keeps its claimer's message
+    # id, so this later copy of the message finds it taken and is skipped.
+    SegmentationJob.objects.filter(pk=job_id, state=JobState.QUEUED).update(
+        dispatched_at=timezone.now(), celery_task_id=message_id
+    )
     return True
 
 
@@ -68,7 +72,9 @@ def job_claim(*, job_id: int, worker: str, task_id: str = "") -> SegmentationJob
     """Mark the job running for ``worker`` and count the attempt; None if it is not this worker's to run.
 
     Returns the job (with its expression and image loaded), or None when the job does not exist, is
-    finished or cancelled, or is running under a live worker.
+    finished or cancelled, or is running under a live worker. The claim records ``task_id`` as the job's
+    message: only a redelivery of the very message that claimed it may take a running job over, never
+    another copy sent by the reconciler while the job waited (that would run it twice at once).
     """
     now = timezone.now()
     takeover = Q(state=JobState.RUNNING, heartbeat_at__lt=now - timedelta(seconds=_stale_seconds()))
@@ -86,6 +92,7 @@ def job_claim(*, job_id: int, worker: str, task_id: str = "") -> SegmentationJob
             worker=worker[:255],
             progress=0.0,
             error="",
+            **({"celery_task_id": task_id[:64]} if task_id else {}),
         )
     )
     if claimed == 0:
