@@ -16,7 +16,7 @@ stop() {
   echo "stopped the web server and the worker"
 }
 trap stop INT TERM EXIT
-"$PY" -m celery -A workers.celery_app worker -Q gpu,default --concurrency 1 --pool solo -B \
+"$PY" -m celery -A workers.celery_app worker -Q gpu,default --concurrency 1 --pool solo -B -s var/celerybeat-schedule \
   --loglevel INFO -n "gpu@%h" &
 pids+=($!)
 "$PY" manage.py runserver "$HOST:$PORT" --noreload &

@@ -209,6 +209,8 @@ def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
 def reconcile_jobs() -> dict[str, list[int]]:
     """Periodic: send again jobs whose message may be lost, fail those whose workers kept dying."""
     from server.ris.services import jobs_reconcile
+    from server.web.services.refine import refine_requests_expire
 
     report = jobs_reconcile()
-    return {"requeued": report.requeued, "failed": report.failed}
+    expired = refine_requests_expire()
+    return {"requeued": report.requeued, "failed": report.failed, "refines_expired": expired}

@@ -148,7 +148,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"job_create": env.str("RIS_JOB_RATE", default="600/minute")},
+    "DEFAULT_THROTTLE_RATES": {
+        "job_create": env.str("RIS_JOB_RATE", default="600/minute"),
+        "refine": env.str("RIS_REFINE_RATE", default="240/minute"),
+    },
     "EXCEPTION_HANDLER": "server.ris.api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
@@ -169,6 +172,7 @@ RIS_BROKER_DIR = Path(env.str("RIS_BROKER_DIR", default=str(VAR_DIR / "broker"))
 RIS_JOB_STALE_SECONDS = env.int("RIS_JOB_STALE_SECONDS", default=2400)
 RIS_RECONCILE_INTERVAL = env.int("RIS_RECONCILE_INTERVAL", default=60)
 RIS_JOB_MAX_ATTEMPTS = env.int("RIS_JOB_MAX_ATTEMPTS", default=3)
+RIS_REFINE_STALE_SECONDS = env.int("RIS_REFINE_STALE_SECONDS", default=300)
 # Each new image is prepared (proposals, image features) in the background at low priority.
 RIS_PREPARE_ON_UPLOAD = env.bool("RIS_PREPARE_ON_UPLOAD", default=True)
 if CELERY_BROKER_URL.startswith("filesystem://"):
@@ -176,6 +180,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(RIS_BROKER_DIR / "queue"),
         "data_folder_out": str(RIS_BROKER_DIR / "queue"),
         "processed_folder": str(RIS_BROKER_DIR / "processed"),
+        "control_folder": str(RIS_BROKER_DIR / "control"),
         "store_processed": False,
     }
 else:

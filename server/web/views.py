@@ -17,6 +17,7 @@ from rest_framework import status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from server.ris.errors import InvalidInput, ObjectNotFound
@@ -98,6 +99,8 @@ def shortcuts_page(request: HttpRequest) -> HttpResponse:
 class ReviewItemsApi(APIView):
     """GET: every expression of the project in review order, with its latest job and review."""
 
+    schema = None  # page-support endpoint: not part of the public API schema
+
     def get(self, request: Request, project_id: int) -> Response:
         project = project_get(user=request.user, project_id=project_id)
         return Response({"items": review_items(project=project)})
@@ -106,7 +109,11 @@ class ReviewItemsApi(APIView):
 class BulkExpressionsApi(APIView):
     """POST multipart ``file`` (CSV or JSON), optional ``pipeline``: one job per row."""
 
+    schema = None  # page-support endpoint: not part of the public API schema
+
     parser_classes = [MultiPartParser, FormParser]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "job_create"
 
     def post(self, request: Request, project_id: int) -> Response:
         project = project_get(user=request.user, project_id=project_id)
@@ -126,6 +133,8 @@ class BulkExpressionsApi(APIView):
 class ExportCocoApi(APIView):
     """GET: COCO JSON of the project's accepted and corrected masks, as a download."""
 
+    schema = None  # page-support endpoint: not part of the public API schema
+
     def get(self, request: Request, project_id: int) -> HttpResponse:
         project = project_get(user=request.user, project_id=project_id)
         response = JsonResponse(coco_export(project=project))
@@ -136,6 +145,8 @@ class ExportCocoApi(APIView):
 
 class ExportReferApi(APIView):
     """GET ``?dataset=refcoco&split=val``: a RefCOCO-style zip (refs pickle, instances.json, images)."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
 
     def get(self, request: Request, project_id: int) -> FileResponse:
         project = project_get(user=request.user, project_id=project_id)
@@ -151,7 +162,11 @@ class ExportReferApi(APIView):
 class RefineCreateApi(APIView):
     """POST ``{image, expression?, candidate?, points_xy, labels, box_xyxy?, mask_rle?}`` -> 202 request."""
 
+    schema = None  # page-support endpoint: not part of the public API schema
+
     parser_classes = [JSONParser]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "refine"
 
     def post(self, request: Request) -> Response:
         data = request.data if isinstance(request.data, dict) else {}
@@ -182,6 +197,8 @@ class RefineCreateApi(APIView):
 
 class RefineDetailApi(APIView):
     """GET: the refine request's state, and its mask (COCO RLE) once SAM answered."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
 
     def get(self, request: Request, request_id: int) -> Response:
         refine = refine_request_get(user=request.user, request_id=request_id)

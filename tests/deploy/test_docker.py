@@ -82,3 +82,14 @@ def test_gpu_worker_image_is_cuda_based_and_never_forks() -> None:
     assert '"--pool", "solo"' in cmd and '"--concurrency", "1"' in cmd and '"gpu"' in cmd
     env = " ".join(rest for kw, rest in steps if kw == "ENV")
     assert "RIS_MODEL_DIR=/models" in env and "RIS_DEVICE=cuda" in env
+
+
+def test_readme_says_how_to_start_them_and_scale_workers() -> None:
+    readme = (DOCKER.parent / "README.md").read_text()
+    deploy = readme[readme.index("## Deploying with Docker and GPUs") :]
+    assert "docker compose -f docker/compose.yaml up" in deploy and "--scale gpu-worker=" in deploy
+    assert "DJANGO_SECRET_KEY" in deploy and "models fetch" in deploy
+    scaling = deploy[deploy.index("### Scaling workers across machines") :]
+    # No shared local disk: images through the storage API (a shared volume or S3), models per machine.
+    assert "RIS_STORAGE=s3" in scaling and "RIS_MEDIA_ROOT" in scaling and "RIS_MODEL_DIR" in scaling
+    assert "--pool solo" in scaling and "CUDA_VISIBLE_DEVICES" in scaling

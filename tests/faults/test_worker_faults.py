@@ -325,6 +325,10 @@ def test_cancel_a_queued_and_a_running_job(fleet, api_client, project, photo_jpe
 
     def both_workers_busy():
         rows = [job_row(first), job_row(second)]
+        for row in rows:
+            assert row.state in ("queued", "running"), (
+                f"job {row.pk} ended early: {row.state} {row.worker} {row.error}"
+            )
         return all(row.state == "running" and row.progress >= 0.1 for row in rows)
 
     wait_until(both_workers_busy, timeout=120, what="two jobs running", logs=fleet.log_paths(), interval=0.05)

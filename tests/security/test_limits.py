@@ -79,12 +79,6 @@ def test_retry_is_rate_limited(api_client, image, user, tight_rate):
     assert codes == [200, 200, 429]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP reported to the lead: POST web/projects/<id>/expressions/bulk/ (server/web, frontend helper) "
-    "creates one job per row without the job_create throttle; add throttle_scope='job_create' and "
-    "ScopedRateThrottle to BulkExpressionsApi, then remove this marker.",
-)
 def test_bulk_expressions_are_rate_limited(api_client, project, image, tight_rate):
     rows = f"image,text\n{image.original_name},the cat\n".encode()
     codes = []
@@ -96,3 +90,15 @@ def test_bulk_expressions_are_rate_limited(api_client, project, image, tight_rat
             ).status_code
         )
     assert codes == [201, 201, 429]
+
+
+def test_refine_requests_are_rate_limited_per_user(api_client, image, monkeypatch):
+    """Click-to-refine queues GPU work, so it has a rate limit of its own (scope ``refine``)."""
+    cache.clear()
+    monkeypatch.setattr(
+        ScopedRateThrottle, "THROTTLE_RATES", {"job_create": "600/minute", "refine": "2/minute"}
+    )
+    body = {"image": image.pk, "points_xy": [[5, 5]], "labels": [1]}
+    codes = [api_client.post("/web/refine/", body, format="json").status_code for _ in range(3)]
+    cache.clear()
+    assert codes == [202, 202, 429]

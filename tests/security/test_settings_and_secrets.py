@@ -37,9 +37,7 @@ KEY_SHAPES = {
 # The documented development default (settings refuse it in production) and its name.
 DEVELOPMENT_DEFAULTS = {("server/config/settings.py", "_INSECURE_KEY")}
 # Fallbacks of secrets in compose that were reviewed, with why they are tolerated (see the report).
-COMPOSE_DEFAULTS_REVIEWED = {
-    "POSTGRES_PASSWORD": "PostgreSQL publishes no port outside the compose network; README should ask for it",
-}
+COMPOSE_DEFAULTS_REVIEWED: dict[str, str] = {}
 
 
 def _settings_process(**env: str) -> subprocess.CompletedProcess:
@@ -167,12 +165,6 @@ def test_web_image_keeps_its_build_secret_out_of_the_runtime_environment() -> No
     assert build_only is not None and build_only.group(1).startswith("build-only")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP reported to the lead: Flower in docker/compose.yaml publishes port 5555 without "
-    "authentication (it shows tasks and can revoke them and shut workers down); pass "
-    "--basic-auth=${FLOWER_BASIC_AUTH:?...} (or drop the published port), then remove this marker.",
-)
 def test_flower_needs_credentials() -> None:
     compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
     flower = compose["services"]["flower"]

@@ -177,3 +177,27 @@ def test_refine_of_another_project_is_not_found(
     with django_capture_on_commit_callbacks(execute=True):
         mine = web_client.post("/web/refine/", body, content_type="application/json").json()
     assert stranger.get(f"/web/refine/{mine['id']}/").status_code == 404
+
+
+def test_lost_refine_requests_are_failed_in_words_by_the_reconciler(
+    web_client, refine_setup, django_capture_on_commit_callbacks
+):
+    """A request whose worker died must not leave the page polling forever; a fresh one is left alone."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workers.tasks import reconcile_jobs
+
+    body = {"image": refine_setup["image"].pk, "points_xy": [[10, 10]], "labels": [1]}
+    with django_capture_on_commit_callbacks(execute=True):
+        old_id = web_client.post("/web/refine/", body, content_type="application/json").json()["id"]
+        fresh_id = web_client.post("/web/refine/", body, content_type="application/json").json()["id"]
+    RefineRequest.objects.filter(pk=old_id).update(
+        state="running", created_at=timezone.now() - timedelta(hours=1)
+    )
+    report = reconcile_jobs.apply().get()
+    assert report["refines_expired"] == [old_id]
+    old = web_client.get(f"/web/refine/{old_id}/").json()
+    assert old["state"] == "failed" and "did not answer" in old["error"]
+    assert web_client.get(f"/web/refine/{fresh_id}/").json()["state"] == "queued"

@@ -184,3 +184,32 @@ def refine_request_json(request: RefineRequest) -> dict[str, Any]:
         "error": request.error,
         "seconds": request.seconds,
     }
+
+
+def refine_requests_expire(*, now: Any = None, stale_seconds: int | None = None) -> list[int]:
+    """Fail refine requests that waited or ran longer than ``stale_seconds`` (default ``RIS_REFINE_STALE_SECONDS``).
+
+    A click-to-refine is interactive: when its worker was lost, sending it again minutes later helps
+    nobody, but a page polling a request that never ends hangs the annotator. So the periodic
+    reconciler ends such requests with the reason in words; the page shows it, and the correction in
+    progress (kept in the browser) is untouched, so one more click retries. Returns the failed ids.
+    """
+    from datetime import timedelta
+
+    from django.conf import settings
+
+    now = now or timezone.now()
+    stale = stale_seconds if stale_seconds is not None else settings.RIS_REFINE_STALE_SECONDS
+    cutoff = now - timedelta(seconds=stale)
+    lost = list(
+        RefineRequest.objects.filter(
+            state__in=[RefineState.QUEUED, RefineState.RUNNING], created_at__lt=cutoff
+        ).values_list("pk", flat=True)
+    )
+    if lost:
+        RefineRequest.objects.filter(pk__in=lost, state__in=[RefineState.QUEUED, RefineState.RUNNING]).update(
+            state=RefineState.FAILED,
+            error=f"The model did not answer within {stale} s (its worker may have stopped). Click again to retry.",
+            finished_at=now,
+        )
+    return lost
