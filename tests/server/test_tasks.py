@@ -163,5 +163,5 @@ def test_reconcile_task_reports(job, settings, monkeypatch):
     SegmentationJob.objects.filter(pk=job.pk).update(
         created_at=SegmentationJob.objects.get(pk=job.pk).created_at.replace(year=2000)
     )
-    assert tasks.reconcile_jobs.apply().get() == {"requeued": [job.pk], "failed": []}
+    assert tasks.reconcile_jobs.apply().get() == {"requeued": [job.pk], "failed": [], "refines_expired": []}
     assert sent == [[job.pk]]
