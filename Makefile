@@ -28,6 +28,7 @@ models: install
 	$(PY) manage.py models ensure
 
 run: install
+	@mkdir -p "$${RIS_VAR_DIR:-var}"
 	$(PY) manage.py migrate --noinput
 	@PY=$(PY) scripts/ensure-wordnet.sh || echo "WordNet is missing: every pipeline but TAS works (see above)"
 	$(PY) manage.py models ensure
