@@ -15,7 +15,8 @@ stop() {
   wait 2>/dev/null || true
   echo "stopped the web server and the worker"
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 "$PY" -m celery -A workers.celery_app worker -Q gpu,default --concurrency 1 --pool solo -B -s var/celerybeat-schedule \
   --loglevel INFO -n "gpu@%h" &
 pids+=($!)
