@@ -26,4 +26,4 @@ echo
 echo "  RIS annotate is serving at http://$HOST:$PORT/  (API schema: /api/schema/, admin: /admin/)"
 echo "  Press Ctrl-C to stop the web server and the worker."
 echo
-wait -n "${pids[@]}"
+wait -n "${pids[@]}" || true
