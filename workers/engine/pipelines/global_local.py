@@ -217,18 +217,38 @@ class GlobalLocalPipeline(Pipeline):
             return [[] for _ in expressions]
         features = self.visual_features(ctx, proposals)
         text = self.text_features(expressions)
+        return self.score(ctx, expressions, proposals, features, text)
+
+    def score(
+        self,
+        ctx: ImageContext,
+        expressions: list[str],
+        proposals: Proposals,
+        features: dict[str, torch.Tensor],
+        text: torch.Tensor,
+    ) -> list[list[Candidate]]:
+        """Rank ``proposals`` for each expression from the shared image work (subclasses add terms).
+
+        ``features`` holds ``N x D`` ``global`` and ``local`` visual features; ``text`` is ``E x D``.
+        """
         with self.meter.stage("scoring"):
             return self._rank(proposals, features, text)
 
-    def _rank(
-        self, proposals: Proposals, features: dict[str, torch.Tensor], text: torch.Tensor
-    ) -> list[list[Candidate]]:
+    def mixed_visual(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``N x D`` per-mask visual features, ``v * global + (1 - v) * local`` (unnormalised)."""
         c = self.config
         v = c.resolved_v
         global_f, local_f = features["global"].float(), features["local"].float()
         if c.normalize_before_mix:
             global_f, local_f = F.normalize(global_f, dim=-1), F.normalize(local_f, dim=-1)
-        mixed = v * global_f + (1.0 - v) * local_f
+        return v * global_f + (1.0 - v) * local_f
+
+    def _rank(
+        self, proposals: Proposals, features: dict[str, torch.Tensor], text: torch.Tensor
+    ) -> list[list[Candidate]]:
+        c = self.config
+        mixed = self.mixed_visual(features)
+        global_f, local_f = features["global"].float(), features["local"].float()
         t = F.normalize(text.float(), dim=-1)
 
         def cosine(visual: torch.Tensor) -> np.ndarray:

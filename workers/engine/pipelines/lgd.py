@@ -215,17 +215,15 @@ class LgdPipeline(GlobalLocalPipeline):
         return [Descriptions(e, text(e, "attribute"), text(e, "surrounding")) for e in expressions]
 
     # -- scoring ------------------------------------------------------------------------------------
-    def predict(self, ctx: ImageContext, expressions: Sequence[str]) -> list[list[Candidate]]:
-        expressions = list(expressions)
-        if not expressions:
-            return []
-        for expression in expressions:  # refuse an empty expression before any model work
-            parse_expression(expression)
-        proposals = self.proposals(ctx)
-        if len(proposals) == 0:
-            return [[] for _ in expressions]
-        features = self.visual_features(ctx, proposals)
-        text = self.text_features(expressions)
+    def score(
+        self,
+        ctx: ImageContext,
+        expressions: list[str],
+        proposals: Proposals,
+        features: dict[str, torch.Tensor],
+        text: torch.Tensor,
+    ) -> list[list[Candidate]]:
+        """S = S_van + alpha * S_att + beta * S_sur over the shared Global-Local image work."""
         described = self.descriptions(ctx, expressions)
         extractor = self._extractors.get(self.config.clip_model, self.config.feature_settings)
         with self.meter.stage("text"):
@@ -239,15 +237,6 @@ class LgdPipeline(GlobalLocalPipeline):
         if any(t is None for t in texts):
             return None
         return extractor.encode_texts(texts)
-
-    def mixed_visual(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``N x D`` per-mask visual features, mixed as Global-Local CLIP mixes them (unnormalised)."""
-        c = self.config
-        v = c.resolved_v
-        global_f, local_f = features["global"].float(), features["local"].float()
-        if c.normalize_before_mix:
-            global_f, local_f = F.normalize(global_f, dim=-1), F.normalize(local_f, dim=-1)
-        return v * global_f + (1.0 - v) * local_f
 
     def _rank_lgd(
         self,
