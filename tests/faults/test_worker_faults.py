@@ -52,7 +52,8 @@ pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(tran
 
 STALE_SECONDS = 10
 PHOTO_SIDE = 128
-SLOW = {"proposal_source": "mobile_sam", "amg": {"points_per_side": 2}, "shorter_side": 224}
+# Real MobileSAM with enough prompts that a job outlasts the test's reaction time even on an idle machine.
+SLOW = {"proposal_source": "mobile_sam", "amg": {"points_per_side": 12}, "shorter_side": 224}
 QUICK = {
     "proposal_source": "sam_tiny",
     "amg": {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
