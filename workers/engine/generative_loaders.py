@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from workers.engine.device import resolve_device
 from workers.engine.errors import ConfigError, ModelStoreError
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -85,21 +86,6 @@ class DiffusionBundle:
     def vae_scale_factor(self) -> int:
         """Image pixels per latent pixel along each side (8 for SD 1.5)."""
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ConfigError(f"device {device!r} is not a torch device name (use auto, cpu or cuda)") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asks for CUDA but no CUDA device is available")
-    return resolved
 
 
 def resolve_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:

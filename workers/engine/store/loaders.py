@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from workers.engine.device import resolve_device
 from workers.engine.errors import ModelStoreError
 
 if TYPE_CHECKING:
@@ -56,23 +57,6 @@ SAM_TINY_ARCH: dict[str, Any] = {
     "decoder_num_heads": 2,
     "iou_head_hidden_dim": 64,
 }
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> ``cuda`` when available else ``cpu``; anything else as ``torch.device`` reads it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelStoreError(
-            f"device {device!r} is not a torch device name (use auto, cpu or cuda)"
-        ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelStoreError(f"device {device!r} asks for CUDA but no CUDA device is available")
-    return resolved
 
 
 # SAM ------------------------------------------------------------------------------------------------
