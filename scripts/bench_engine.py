@@ -36,11 +36,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.engine.pipelines.shared import proposal_params  # noqa: E402
-from workers.engine.runtime import Engine, EngineSettings  # noqa: E402
-from workers.engine.store import ModelStore, build_sam, fetch  # noqa: E402
+from workers.engine.blocks.proposals.cached import proposal_params
+from workers.engine.core.settings import EngineSettings
+from workers.engine.core.types import ImageInput  # noqa: E402
+from workers.engine.runtime import Engine
 from workers.engine.store.catalogue import catalogue_entry  # noqa: E402
-from workers.engine.types import ImageInput  # noqa: E402
+from workers.engine.store.fetch import fetch
+from workers.engine.store.loaders.sam import build_sam
+from workers.engine.store.manifest import ModelStore
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -178,7 +181,7 @@ def main() -> None:
     )
     print(f"image: scikit-image astronaut {image.width}x{image.height}")
     print(f"SAM ViT-B points_per_side={args.points_per_side} (SAM's default is 32; reduced for a 2-core CPU)")
-    raw_key = ctx.key("proposals", proposal_params(engine.hub, "sam_vit_b", pipeline.config.amg_config))
+    raw_key = ctx.key("proposals", proposal_params(engine.hub, "sam_vit_b", pipeline.config.amg))
     raw = len(engine.cache.get(raw_key)["rles"])
     print(
         f"proposals: {raw} generated, {n_masks} kept (the {args.masks} largest); second expression ranked {len(second[0])}"

@@ -41,14 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from workers.engine.descriptions import (  # noqa: E402
-    DescriptionGenerator,
-    DescriptionRequest,
-    GenerationSettings,
-    load_prompt_set,
-)
-from workers.engine.generative_loaders import MllmBundle, load_mllm  # noqa: E402
-from workers.engine.meter import Meter  # noqa: E402
+from workers.engine.core.meter import Meter  # noqa: E402
+from workers.engine.methods.lgd.config import GenerationConfig
+from workers.engine.methods.lgd.descriptions import DescriptionGenerator, DescriptionRequest
+from workers.engine.methods.lgd.prompt_set import load_prompt_set
+from workers.engine.store.loaders.transformers import MllmBundle, load_mllm  # noqa: E402
 
 #: SmolVLM-style chat shape: "<|im_start|>User:<image>text<end_of_utterance>\nAssistant:".
 IDEFICS3_CHAT_TEMPLATE = (
@@ -206,7 +203,7 @@ def build_idefics3_bundle(shape: str = "tiny", seed: int = 0, device: str = "cpu
 
 def tiny_llava_bundle(folder: Path) -> MllmBundle:
     """The store's ``mllm_tiny`` layout, written to ``folder`` and loaded through ``load_mllm``."""
-    from workers.engine.store.tiny_generative import write_tiny_mllm
+    from workers.engine.store.tiny.generative import write_tiny_mllm
 
     write_tiny_mllm(folder)
     return load_mllm(folder, "cpu")
@@ -225,7 +222,7 @@ EXPRESSIONS = (
 
 
 def _requests(n: int) -> list[DescriptionRequest]:
-    from workers.engine.text import parse_expression
+    from workers.engine.blocks.text import parse_expression
 
     out = []
     for expression in (EXPRESSIONS * (n // len(EXPRESSIONS) + 1))[:n]:
@@ -235,7 +232,7 @@ def _requests(n: int) -> list[DescriptionRequest]:
 
 
 def _timed(
-    bundle: MllmBundle, rgb: np.ndarray, requests: list, settings: GenerationSettings, one_by_one: bool
+    bundle: MllmBundle, rgb: np.ndarray, requests: list, settings: GenerationConfig, one_by_one: bool
 ) -> dict:
     meter = Meter()
     generator = DescriptionGenerator(bundle, "mllm", load_prompt_set("lgd"), settings, meter)
@@ -256,7 +253,7 @@ def _timed(
 def bench_model(bundle: MllmBundle, label: str, n_expr: int, max_new_tokens: int, repeats: int) -> dict:
     rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     requests = _requests(n_expr)
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=len(requests))
+    settings = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=len(requests))
     _timed(bundle, rgb, requests[:2], settings, one_by_one=False)  # warm-up (lazy inits, allocator)
     rows: dict[str, Any] = {}
     runs: dict[str, list[dict]] = {"batched": [], "one_by_one": []}

@@ -112,9 +112,9 @@ def build_sd15_hub(tokenizer_dir: Path) -> tuple[MemoryHub, float]:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from workers.engine.generative_loaders import DiffusionBundle
-    from workers.engine.store.loaders import ClipBundle
-    from workers.engine.store.tiny_generative import SD15_SCHEDULER_CONFIG
+    from workers.engine.store.loaders.clip import ClipBundle
+    from workers.engine.store.loaders.diffusers import DiffusionBundle
+    from workers.engine.store.tiny.generative import SD15_SCHEDULER_CONFIG
 
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def build_sd15_hub(tokenizer_dir: Path) -> tuple[MemoryHub, float]:
 
 
 def synthetic_image(height: int, width: int) -> Any:
-    from workers.engine.types import ImageInput
+    from workers.engine.core.types import ImageInput
 
     rng = np.random.default_rng(0)
     rgb = np.full((height, width, 3), 128, dtype=np.uint8)
@@ -176,12 +176,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from workers.engine.cache import FeatureCache
+    from workers.engine.core.cache import FeatureCache
+    from workers.engine.core.meter import Meter
     from workers.engine.hub import ModelHub
-    from workers.engine.meter import Meter
-    from workers.engine.pipelines import build_pipeline
-    from workers.engine.store import ModelStore
-    from workers.engine.store.tiny import write_tiny
+    from workers.engine.methods.registry import build_pipeline
+    from workers.engine.store.manifest import ModelStore
+    from workers.engine.store.tiny.writers import write_tiny
 
     temp = tempfile.TemporaryDirectory(prefix="bench-refdiff-")
     store = ModelStore(args.model_dir or Path(temp.name))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WordNet 3.0 for the TAS pipeline's negative phrases (workers/engine/lexicon.py).
+# WordNet 3.0 for the TAS pipeline's negative phrases (workers/engine/methods/tas/lexicon.py).
 # Debian's wordnet-base holds the database; the engine lays it out for nltk under var/nltk_data
 # (or $RIS_NLTK_DATA) with the lexnames file nltk needs. Idempotent; no network beyond Debian's mirror.
 set -euo pipefail
@@ -15,4 +15,4 @@ if [ ! -f /usr/share/wordnet/data.noun ]; then
     exit 1
   fi
 fi
-"$PY" -m workers.engine.lexicon ensure
+"$PY" -m workers.engine.methods.tas.lexicon ensure

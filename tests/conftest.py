@@ -7,6 +7,8 @@
 - ``user``, ``other_user``: two plain users (password ``pw-for-tests``); ``other_user`` is in no project.
 - ``project``: a project created by ``user`` (so ``user`` is its member).
 - ``api_client``: a DRF ``APIClient`` signed in as ``user``; ``anon_client``: one without credentials.
+- ``engine_settings``: a function ``(**changes)`` that points ``settings.RIS_ENGINE`` (the one engine settings
+  object of web and workers) at other values for the test, e.g. ``engine_settings(model_dir=store)``.
 - ``png_bytes``: a function ``(width=32, height=24, mode="RGB", color=...) -> bytes`` writing a real PNG.
 
 Fixtures that touch the database need the test to use ``db`` (they request it themselves).
@@ -85,3 +87,12 @@ def png_bytes() -> Callable[..., bytes]:
         return buffer.getvalue()
 
     return make
+
+
+@pytest.fixture
+def engine_settings(settings) -> Callable[..., object]:
+    def use(**changes: object) -> object:
+        settings.RIS_ENGINE = settings.RIS_ENGINE.replace(**changes)
+        return settings.RIS_ENGINE
+
+    return use

@@ -2,7 +2,7 @@
 
 ``run_benchmark_shard(shard_id)`` loads the shard and its run from the database, reads the same REFER
 files the command reads (the data root must be reachable at the same path on the worker: a shared volume),
-runs the same loop as a single-process run (``workers.engine.benchmark.run_groups``) with this process's
+runs the same loop as a single-process run (``workers.engine.data.benchmark.run_groups``) with this process's
 engine, and writes each image's sentences to ``BenchmarkSentenceResult`` as they come. Results go through
 the database because the project runs Celery without a result backend; the command polls the shard rows and
 merges the sentence rows.
@@ -23,9 +23,12 @@ log = logging.getLogger(__name__)
 
 @app.task(name="workers.benchmark_tasks.run_benchmark_shard", acks_late=True, ignore_result=True)
 def run_benchmark_shard(shard_id: int) -> None:
+    from django.conf import settings
+
     from server.benchmarks import selectors, services
-    from workers.engine.benchmark import BenchmarkSpec, run_groups
-    from workers.engine.refer import DatasetError
+    from workers.engine.data.benchmark.runner import run_groups
+    from workers.engine.data.benchmark.spec import BenchmarkSpec
+    from workers.engine.data.refer import DatasetError
     from workers.engine.runtime import get_engine
 
     shard = services.shard_claim(
@@ -43,7 +46,7 @@ def run_benchmark_shard(shard_id: int) -> None:
         outcome = run_groups(
             dataset,
             groups,
-            get_engine(),
+            get_engine(settings.RIS_ENGINE),
             spec.pipelines,
             configs=spec.configs,
             done=stored,
@@ -68,4 +71,5 @@ def run_benchmark_shard(shard_id: int) -> None:
             {"image_id": m.image_id, "path": m.path, "sent_ids": list(m.sent_ids)}
             for m in outcome.missing_images
         ],
+        configs=outcome.configs,
     )

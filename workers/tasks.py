@@ -37,14 +37,14 @@ DB_RETRY_CAP_SECONDS = 120.0
 
 
 def engine_get() -> Any:
-    """The process's engine (one per worker process, models loaded once)."""
+    """The process's engine (one per worker process, models loaded once), on Django's ``RIS_ENGINE`` settings."""
     from workers.engine.runtime import get_engine
 
-    return get_engine()
+    return get_engine(settings.RIS_ENGINE)
 
 
 def image_input_make(rgb: Any, sha256: str) -> Any:
-    from workers.engine.types import ImageInput
+    from workers.engine.core.types import ImageInput
 
     return ImageInput(rgb=rgb, sha256=sha256)
 
@@ -107,7 +107,7 @@ def heartbeat_interval() -> float:
 
 def _error_in_words(error: BaseException) -> str:
     from server.ris.errors import RisError
-    from workers.engine.errors import EngineError
+    from workers.engine.core.errors import EngineError
 
     if isinstance(error, EngineError | RisError):
         return str(error)
@@ -145,16 +145,14 @@ def run_segmentation_job(self: Any, job_id: int) -> str:
             if not job_progress(job_id=job_id, progress=0.1):
                 return "cancelled"
             engine = engine_get()
-            resolve = getattr(engine, "resolve_config", None)
-            config = resolve(job.pipeline, job.config) if resolve is not None else dict(job.config)
             started = time.perf_counter()
             heartbeat = JobHeartbeat(job_id, progress=0.1, interval=heartbeat_interval())
             with heartbeat, engine.meter.capture() as meter:
-                ranked = engine.predict(
+                prediction = engine.predict(
                     image_input_make(rgb, image.sha256),
                     [job.expression.text],
                     pipeline=job.pipeline,
-                    config=config,
+                    config=job.config,
                     top_k=settings.RIS_CANDIDATES_KEPT,
                 )
             timings["predict_s"] = time.perf_counter() - started
@@ -166,8 +164,11 @@ def run_segmentation_job(self: Any, job_id: int) -> str:
                 )
                 return "cancelled"
             timings["engine"] = meter.snapshot()
+            ranked = prediction.candidates
             candidates = [candidate.to_json() for candidate in (ranked[0] if ranked else [])]
-            if not job_succeed(job_id=job_id, candidates=candidates, timings=timings, config=config):
+            if not job_succeed(
+                job_id=job_id, candidates=candidates, timings=timings, config=prediction.config
+            ):
                 return "discarded"
             return "succeeded"
         except (OperationalError, InterfaceError):

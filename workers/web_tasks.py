@@ -23,13 +23,15 @@ DB_RETRY_MAX = 5
 
 def engine_get() -> Any:
     """The process's engine (tests replace this with a fake)."""
+    from django.conf import settings
+
     from workers.engine.runtime import get_engine
 
-    return get_engine()
+    return get_engine(settings.RIS_ENGINE)
 
 
 def _error_in_words(error: BaseException) -> str:
-    from workers.engine.errors import EngineError
+    from workers.engine.core.errors import EngineError
 
     if isinstance(error, EngineError):
         return f"SAM could not refine the mask: {error}"
@@ -53,7 +55,7 @@ def refine_mask(self: Any, request_id: int) -> str:
             logger.info("Refine request %s is not queued (taken or answered); skipping", request_id)
             return "skipped"
         try:
-            from workers.engine.types import ImageInput
+            from workers.engine.core.types import ImageInput
 
             image = request.image
             rgb = image_load_rgb(image)

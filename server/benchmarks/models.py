@@ -95,6 +95,9 @@ class BenchmarkShard(models.Model):
     worker = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     missing_images = models.JSONField(default=list, blank=True)
+    configs = models.JSONField(
+        default=dict, blank=True, help_text="per pipeline, the full config the worker ran (Prediction.config)"
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -107,7 +110,7 @@ class BenchmarkShard(models.Model):
 
 
 class BenchmarkSentenceResult(models.Model):
-    """One sentence under one pipeline (fields of ``workers.engine.benchmark.SentenceResult``)."""
+    """One sentence under one pipeline (fields of ``workers.engine.data.benchmark.SentenceResult``)."""
 
     run = models.ForeignKey(BenchmarkRun, on_delete=models.CASCADE, related_name="sentence_results")
     pipeline = models.CharField(max_length=64)

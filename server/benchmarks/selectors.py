@@ -74,3 +74,17 @@ def shards_missing_images(*, run: BenchmarkRun) -> list[dict[str, Any]]:
     for shard in BenchmarkShard.objects.filter(run=run).order_by("index"):
         missing.extend(shard.missing_images)
     return sorted(missing, key=lambda m: m["image_id"])
+
+
+def shard_configs(*, run: BenchmarkRun) -> dict[str, dict[str, Any]]:
+    """Per pipeline, the config the run's shards ran (``ValueError`` when two shards ran different ones)."""
+    configs: dict[str, dict[str, Any]] = {}
+    for shard in BenchmarkShard.objects.filter(run=run).order_by("index"):
+        for pipeline, config in (shard.configs or {}).items():
+            if pipeline in configs and configs[pipeline] != config:
+                raise ValueError(
+                    f"shards of run {run.pk} ran pipeline {pipeline!r} with different configs "
+                    f"(shard {shard.index} differs); the workers' settings (RIS_MODEL_PROFILE) disagree"
+                )
+            configs[pipeline] = config
+    return configs

@@ -1,4 +1,4 @@
-"""Writes of benchmark runs. Plain dicts in (JSON of ``workers.engine.benchmark`` records), so the web side
+"""Writes of benchmark runs. Plain dicts in (JSON of ``workers.engine.data.benchmark`` records), so the web side
 never imports the engine. Keyword-only, typed, one transaction where a write has several parts."""
 
 from __future__ import annotations
@@ -144,12 +144,19 @@ def shard_claim(*, shard_id: int, worker: str) -> BenchmarkShard | None:
     return BenchmarkShard.objects.select_related("run").get(pk=shard_id)
 
 
-def shard_finish(*, shard: BenchmarkShard, missing_images: Sequence[Mapping[str, Any]]) -> None:
+def shard_finish(
+    *,
+    shard: BenchmarkShard,
+    missing_images: Sequence[Mapping[str, Any]],
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Mark a shard done with its missing images and the configs its worker ran (per pipeline)."""
     shard.state = BenchmarkShard.State.DONE
     shard.missing_images = list(missing_images)
+    shard.configs = {k: dict(v) for k, v in (configs or {}).items()}
     shard.error = ""
     shard.finished_at = timezone.now()
-    shard.save(update_fields=["state", "missing_images", "error", "finished_at"])
+    shard.save(update_fields=["state", "missing_images", "configs", "error", "finished_at"])
 
 
 def shard_fail(*, shard: BenchmarkShard, error: str) -> None:

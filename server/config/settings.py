@@ -8,15 +8,16 @@ Embedded default: SQLite and kombu's filesystem broker under ``var/``; with ``DA
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import environ
 
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
+from workers.engine.core.settings import PROJECT_ROOT, EngineSettings, project_path, var_dir
+
+BASE_DIR = PROJECT_ROOT
 
 env = environ.Env()
 
-VAR_DIR = Path(env.str("RIS_VAR_DIR", default=str(BASE_DIR / "var")))
+# Relative paths in the environment are taken from the project root, as the engine takes them.
+VAR_DIR = var_dir()
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 RIS_ENV = env.str("RIS_ENV", default="development")  # development | production
@@ -107,11 +108,11 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
-STATIC_ROOT = Path(env.str("RIS_STATIC_ROOT", default=str(VAR_DIR / "static")))
+STATIC_ROOT = project_path(env.str("RIS_STATIC_ROOT", default=str(VAR_DIR / "static")))
 # Serve straight from frontend/static when collectstatic has not run (development and tests).
 WHITENOISE_USE_FINDERS = env.bool("RIS_STATIC_FROM_SOURCE", default=not STATIC_ROOT.exists())
 MEDIA_URL = "/media/"
-MEDIA_ROOT = Path(env.str("RIS_MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_ROOT = project_path(env.str("RIS_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 
 # Images are read and written through Django's storage API by key, so a worker on another machine
 # reads them from a shared volume or S3-compatible storage (RIS_STORAGE=s3, django-storages).
@@ -168,7 +169,7 @@ CACHES = {
 
 # Celery: the database row is the truth; a message carries only a job id.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
-RIS_BROKER_DIR = Path(env.str("RIS_BROKER_DIR", default=str(VAR_DIR / "broker")))
+RIS_BROKER_DIR = project_path(env.str("RIS_BROKER_DIR", default=str(VAR_DIR / "broker")))
 RIS_JOB_STALE_SECONDS = env.int("RIS_JOB_STALE_SECONDS", default=2400)
 RIS_RECONCILE_INTERVAL = env.int("RIS_RECONCILE_INTERVAL", default=60)
 RIS_JOB_MAX_ATTEMPTS = env.int("RIS_JOB_MAX_ATTEMPTS", default=3)
@@ -213,12 +214,11 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-jobs": {"task": "workers.tasks.reconcile_jobs", "schedule": float(RIS_RECONCILE_INTERVAL)},
 }
 
-# Engine (read by the worker only)
-RIS_MODEL_DIR = Path(env.str("RIS_MODEL_DIR", default=str(VAR_DIR / "models")))
-RIS_CACHE_DIR = Path(env.str("RIS_CACHE_DIR", default=str(VAR_DIR / "cache")))
-RIS_DEVICE = env.str("RIS_DEVICE", default="auto")
+# Engine: one settings object, read from the environment by workers.engine.core.settings (the same object
+# a worker and the management commands hand to the engine), so web and workers agree on the store and profile.
+# Read its fields (RIS_ENGINE.model_dir, .profile, ...); there are no copies to drift apart.
+RIS_ENGINE = EngineSettings.from_env()
 RIS_DEFAULT_PIPELINE = env.str("RIS_DEFAULT_PIPELINE", default="global_local")
-RIS_MODEL_PROFILE = env.str("RIS_MODEL_PROFILE", default="tiny")  # tiny | paper
 RIS_CANDIDATES_KEPT = env.int("RIS_CANDIDATES_KEPT", default=10)
 
 LOGGING = {
@@ -226,12 +226,4 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("RIS_LOG_LEVEL", default="INFO")},
-}
-
-# Pipelines offered to users (the worker validates configs; the web process never imports the engine).
-RIS_PIPELINES = {
-    "global_local": "Global-Local CLIP (CVPR 2023): masked-global and local CLIP features of each proposal.",
-    "tas": "TAS (EMNLP Findings 2023): captioner P-score, negative-phrase N-score, spatial rectifier.",
-    "refdiff": "Ref-Diff: Stable Diffusion cross-attention fused with CLIP.",
-    "lgd": "LGD (Pattern Recognition 2025): MLLM attribute and surrounding descriptions guide CLIP.",
 }

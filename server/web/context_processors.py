@@ -11,6 +11,6 @@ def model_profile(request: HttpRequest) -> dict[str, object]:
     annotator must never take that ranking for a result.
     """
     return {
-        "ris_model_profile": settings.RIS_MODEL_PROFILE,
-        "ris_tiny_models": settings.RIS_MODEL_PROFILE == "tiny",
+        "ris_model_profile": settings.RIS_ENGINE.profile,
+        "ris_tiny_models": settings.RIS_ENGINE.profile == "tiny",
     }

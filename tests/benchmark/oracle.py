@@ -1,8 +1,9 @@
 """A deterministic stand-in engine for metric-path tests: finds the colour named in the sentence.
 
-It implements the part of ``workers.engine.runtime.Engine`` the benchmark uses (``predict`` and a ``meter``),
-so the runner's scoring, grouping and bookkeeping can be checked against answers known in advance. The
-end-to-end test uses the real engine.
+It implements the benchmark's ``EngineLike`` protocol (``pipelines``, ``resolve_config``, ``predict`` returning a
+``Prediction``, a ``meter``) with the colour oracle of ``tests/plugins/colour_oracle``, and records every call, so
+the runner's scoring, grouping and bookkeeping can be checked against answers known in advance. The command's
+tests run the real engine with that plugin pipeline; the end-to-end test runs the real pipelines.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from workers.engine.meter import Meter
-from workers.engine.synthetic_refer import COLOURS
-from workers.engine.types import Candidate, ImageInput
+from tests.plugins.colour_oracle.config import OracleConfig
+from tests.plugins.colour_oracle.pipeline import colour_mask
+from workers.engine.core.meter import Meter
+from workers.engine.core.types import Candidate, ImageInput
+from workers.engine.data.synthetic import COLOURS
+from workers.engine.runtime import Prediction
 
-
-def colour_mask(rgb: np.ndarray, colour: str, tolerance: int = 60) -> np.ndarray:
-    """``H x W`` bool: pixels within ``tolerance`` of the named colour in every channel (JPEG noise)."""
-    target = np.array(COLOURS[colour], dtype=np.int32)
-    return (np.abs(rgb.astype(np.int32) - target) <= tolerance).all(axis=2)
+__all__ = ["ColourOracleEngine", "colour_mask"]
 
 
 class ColourOracleEngine:
@@ -34,7 +34,7 @@ class ColourOracleEngine:
         return ["oracle", "oracle_b"]
 
     def resolve_config(self, pipeline: str, overrides: Mapping | None = None) -> dict:
-        return {"tolerance": 60, **dict(overrides or {})}
+        return OracleConfig.from_dict(overrides).to_dict()
 
     def predict(
         self,
@@ -44,7 +44,7 @@ class ColourOracleEngine:
         pipeline: str,
         config: Mapping | None = None,
         top_k: int | None = None,
-    ) -> list[list[Candidate]]:
+    ) -> Prediction:
         self.calls.append((image.sha256, len(expressions), pipeline))
         with self.meter.model_call("oracle_image_model"):
             pass
@@ -65,4 +65,4 @@ class ColourOracleEngine:
             answers.append(
                 [Candidate(0, rle, (x0, y0, x0 + w, y0 + h), int(mask.sum()), 1.0, {"oracle": 1.0})]
             )
-        return answers
+        return Prediction(answers, pipeline, self.resolve_config(pipeline, config), "oracle")

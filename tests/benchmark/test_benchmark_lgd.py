@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from workers.engine.store import ModelStore
-from workers.engine.store.tiny import make_tiny
+from workers.engine.store.manifest import ModelStore
+from workers.engine.store.tiny.writers import make_tiny
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,11 @@ def lgd_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.django_db
 def test_benchmark_runs_the_lgd_pipeline_on_the_synthetic_set(
-    synthetic_root: Path, lgd_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    synthetic_root: Path, lgd_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine_settings
 ) -> None:
     from server.benchmarks.models import BenchmarkRun
 
-    monkeypatch.setenv("RIS_MODEL_DIR", str(lgd_store))
-    monkeypatch.setenv("RIS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RIS_MODEL_PROFILE", "tiny")
-    monkeypatch.setenv("RIS_DEVICE", "cpu")
+    engine_settings(model_dir=lgd_store, cache_dir=tmp_path / "cache", profile="tiny", device="cpu")
     out = tmp_path / "run"
     call_command(
         "benchmark",
@@ -58,7 +55,7 @@ def test_benchmark_runs_the_lgd_pipeline_on_the_synthetic_set(
         "--config",
         "lgd.amg.stability_score_thresh=0.0",
         "--config",
-        "lgd.max_new_tokens=3",
+        "lgd.generation.max_new_tokens=3",
     )
 
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]

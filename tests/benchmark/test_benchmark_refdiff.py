@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from workers.engine.store import ModelStore
-from workers.engine.store.tiny import write_tiny
+from workers.engine.store.manifest import ModelStore
+from workers.engine.store.tiny.writers import write_tiny
 
 # Small SD input (64 px) and one UNet step; the random tiny SAM with its filters off proposes masks fast.
-COMMON = ["refdiff.image_size=64", "refdiff.steps=10", "refdiff.strength=0.1", 'refdiff.hard_crop="square"']
+COMMON = [
+    "refdiff.noising.image_size=64",
+    "refdiff.noising.steps=10",
+    "refdiff.noising.strength=0.1",
+    'refdiff.hard_crop="square"',
+]
 MODES = {
     "attention": ['refdiff.proposal_source="attention"'],
     "sam": [
@@ -39,14 +44,17 @@ def refdiff_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.django_db
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_benchmark_runs_refdiff_on_the_synthetic_set(
-    mode: str, synthetic_root: Path, refdiff_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mode: str,
+    synthetic_root: Path,
+    refdiff_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    engine_settings,
 ) -> None:
     from server.benchmarks.models import BenchmarkRun
     from workers.cli.management.commands import benchmark as command
 
-    monkeypatch.setenv("RIS_MODEL_DIR", str(refdiff_model_dir))
-    monkeypatch.setenv("RIS_MODEL_PROFILE", "tiny")
-    monkeypatch.setenv("RIS_CACHE_DIR", str(tmp_path / "cache"))
+    engine_settings(model_dir=refdiff_model_dir, cache_dir=tmp_path / "cache", profile="tiny", device="cpu")
     engines = []
     build = command.build_engine
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from workers.engine.store import ModelStore
-from workers.engine.store.tiny import write_tiny
+from workers.engine.store.manifest import ModelStore
+from workers.engine.store.tiny.writers import write_tiny
 
 CAPTIONER = "captioner_tiny"
 CONFIG = [
@@ -26,8 +26,8 @@ CONFIG = [
     'tas.amg={"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}',
     "tas.min_area=0",
     "tas.max_overlap=null",
-    "tas.caption_num_beams=1",
-    "tas.caption_max_new_tokens=3",
+    "tas.caption.num_beams=1",
+    "tas.caption.max_new_tokens=3",
 ]
 
 
@@ -55,7 +55,7 @@ def masks_by_image(engine, root: Path, image_ids: list[int], overrides: dict) ->
     """The number of TAS proposals of each image, read back from the engine's cache (no model runs)."""
     from PIL import Image
 
-    from workers.engine.types import ImageInput
+    from workers.engine.core.types import ImageInput
 
     pipeline = engine.pipeline("tas", overrides)
     counts = {}
@@ -70,11 +70,15 @@ def masks_by_image(engine, root: Path, image_ids: list[int], overrides: dict) ->
 
 @pytest.mark.django_db
 def test_benchmark_tas_captions_once_per_mask_per_image(
-    synthetic_root: Path, tas_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    synthetic_root: Path,
+    tas_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    engine_settings,
 ) -> None:
     from server.benchmarks.models import BenchmarkRun
     from workers.cli.management.commands import benchmark as command
-    from workers.engine.benchmark import parse_config_overrides
+    from workers.engine.data.benchmark.report import parse_config_overrides
 
     engines = []
     build = command.build_engine
@@ -84,9 +88,7 @@ def test_benchmark_tas_captions_once_per_mask_per_image(
         return engines[-1]
 
     monkeypatch.setattr(command, "build_engine", keep_engine)
-    monkeypatch.setenv("RIS_MODEL_DIR", str(tas_model_dir))
-    monkeypatch.setenv("RIS_MODEL_PROFILE", "tiny")
-    monkeypatch.setenv("RIS_CACHE_DIR", str(tmp_path / "cache"))
+    engine_settings(model_dir=tas_model_dir, cache_dir=tmp_path / "cache", profile="tiny", device="cpu")
     out = tmp_path / "run"
     args = ["--dataset", "refcoco", "--split", "val", "--pipeline", "tas", "--data-root", str(synthetic_root)]
     args += ["--device", "cpu", "--out", str(out), "--no-progress"]

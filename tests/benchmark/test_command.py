@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from server.benchmarks.models import BenchmarkPipelineResult, BenchmarkRun, BenchmarkSentenceResult
 from tests.benchmark.oracle import ColourOracleEngine
-from workers.engine.benchmark import ResultsFile
+from workers.engine.data.benchmark.results import ResultsFile
 
 pytestmark = pytest.mark.django_db
 

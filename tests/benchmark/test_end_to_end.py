@@ -23,7 +23,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from server.benchmarks.models import BenchmarkRun, BenchmarkShard
-from workers.engine.benchmark import ResultsFile
+from workers.engine.data.benchmark.results import ResultsFile
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = [
@@ -43,7 +43,7 @@ TINY_CONFIG = [
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two images (the engine's per-image work dominates the test's time)."""
-    from workers.engine.synthetic_refer import write_synthetic_refcoco
+    from workers.engine.data.synthetic import write_synthetic_refcoco
 
     root = tmp_path_factory.mktemp("e2e-refer")
     write_synthetic_refcoco(root, 2, seed=1)
@@ -52,7 +52,8 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.engine.store import ModelStore, ensure
+    from workers.engine.store.ensure import ensure
+    from workers.engine.store.manifest import ModelStore
 
     path = tmp_path_factory.mktemp("bench-models")
     ensure(ModelStore(path))
@@ -60,7 +61,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def engine_env(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def engine_env(tiny_model_dir: Path, engine_settings) -> dict[str, str]:
+    """The worker processes' environment, and the same settings for this process's engine."""
     from workers.engine.runtime import reset_engine
 
     env = {
@@ -69,8 +71,7 @@ def engine_env(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[st
         "RIS_DEVICE": "cpu",
         "RIS_MODEL_PROFILE": "tiny",
     }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    engine_settings(model_dir=tiny_model_dir, cache_dir=None, device="cpu", profile="tiny")
     reset_engine()
     yield env
     reset_engine()

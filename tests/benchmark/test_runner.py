@@ -12,24 +12,18 @@ import numpy as np
 import pytest
 
 from tests.benchmark.oracle import ColourOracleEngine, colour_mask
-from workers.engine.benchmark import (
-    ResultsFile,
-    ResultsFileError,
-    SentenceResult,
-    parse_config_overrides,
-    run_groups,
-    summarize_results,
-    write_report,
-)
-from workers.engine.benchmark.results import hold_sigint
-from workers.engine.metrics import summarize
-from workers.engine.refer import MissingImageError, ReferDataset
+from workers.engine.data.benchmark.report import parse_config_overrides, summarize_results, write_report
+from workers.engine.data.benchmark.results import ResultsFile, ResultsFileError, SentenceResult, hold_sigint
+from workers.engine.data.benchmark.runner import run_groups
+from workers.engine.data.metrics import summarize
+from workers.engine.data.refer import MissingImageError, ReferDataset
+from workers.engine.runtime import Prediction
 
 
 class NoProposalEngine(ColourOracleEngine):
     def predict(self, image, expressions, *, pipeline, config=None, top_k=None):  # type: ignore[override]
         self.calls.append((image.sha256, len(expressions), pipeline))
-        return [[] for _ in expressions]
+        return Prediction([[] for _ in expressions], pipeline, self.resolve_config(pipeline, config), "oracle")
 
 
 def _run(ds: ReferDataset, engine, pipelines=("oracle",), **kwargs) -> list[SentenceResult]:

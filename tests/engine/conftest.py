@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from workers.engine.hub import ModelHub
-from workers.engine.store import ModelStore, ensure
+from workers.engine.store.ensure import ensure
+from workers.engine.store.manifest import ModelStore
 
 
 @pytest.fixture(scope="session")

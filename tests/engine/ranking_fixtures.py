@@ -26,7 +26,8 @@ import pytest
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from workers.engine.types import ImageInput
+from workers.engine.core.config import config_hash
+from workers.engine.core.types import ImageInput
 
 TINY_SAM_AMG = {
     "points_per_side": 2,
@@ -76,13 +77,15 @@ class FakeClipBundle:
 
 
 class CountingHub:
-    """Wraps a hub; ``get`` calls are counted per name; extra in-memory models can be added."""
+    """The hub protocol (``get``, ``wrapper``, ``fingerprint``) over a real hub, counting ``get`` calls per
+    name (a wrapper asked for counts as a ``get``); extra in-memory models can be added."""
 
     def __init__(self, inner: Any | None = None, extra: dict[str, Any] | None = None) -> None:
         self.inner = inner
         self.extra = dict(extra or {})
         self.gets: Counter[str] = Counter()
         self.store = getattr(inner, "store", None)
+        self._wrappers: dict[tuple[str, str, str], Any] = {}
 
     def get(self, name: str) -> Any:
         self.gets[name] += 1
@@ -91,6 +94,18 @@ class CountingHub:
         if self.inner is None:
             raise KeyError(name)
         return self.inner.get(name)
+
+    def wrapper(self, name: str, kind: str, build: Any, key: Any = None) -> Any:
+        model = self.get(name)
+        wrapper_key = (name, kind, config_hash({"key": key, "model": id(model)}))
+        if wrapper_key not in self._wrappers:
+            self._wrappers[wrapper_key] = build(model)
+        return self._wrappers[wrapper_key]
+
+    def fingerprint(self, name: str) -> str:
+        if self.inner is not None and name not in self.extra:
+            return self.inner.fingerprint(name)
+        return name
 
 
 def image_input(rgb: np.ndarray) -> ImageInput:

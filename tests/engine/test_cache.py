@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from workers.engine.cache import CacheKey, FeatureCache, config_hash, tree_nbytes
-from workers.engine.masks import Proposals
-from workers.engine.meter import Meter
+from workers.engine.blocks.masks import Proposals
+from workers.engine.core.cache import CacheKey, FeatureCache, tree_nbytes
+from workers.engine.core.config import config_hash
+from workers.engine.core.meter import Meter
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32

@@ -14,15 +14,11 @@ from tests.engine.ranking_fixtures import (
     single_torch_thread,
     tokenizer,
 )
-from workers.engine.clip_features import (
-    ClipFeatureExtractor,
-    VisualFeatureSettings,
-    cosine_scores,
-    freesolo_box_xyxy,
-    tight_box_xyxy,
-)
-from workers.engine.errors import BadInputError, ConfigError
-from workers.engine.meter import Meter
+from workers.engine.blocks.clip.config import ClipFeatureConfig
+from workers.engine.blocks.clip.features import ClipFeatureExtractor, cosine_scores
+from workers.engine.blocks.geometry import freesolo_box_xyxy, tight_box_xyxy
+from workers.engine.core.errors import BadInputError, ConfigError
+from workers.engine.core.meter import Meter
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 _ = single_torch_thread  # imported for pytest
@@ -50,7 +46,7 @@ def resnet() -> torch.nn.Module:
 
 def extractor(model: torch.nn.Module, **settings: object) -> ClipFeatureExtractor:
     return ClipFeatureExtractor(
-        model, tokenizer(), model_name="tiny", settings=VisualFeatureSettings(**settings), meter=Meter()
+        model, tokenizer(), model_name="tiny", settings=ClipFeatureConfig(**settings), meter=Meter()
     )
 
 
@@ -123,7 +119,7 @@ def test_mask_from_block_scales_with_depth_and_is_configurable() -> None:
     assert extractor(build_tiny_vit_clip(layers=12)).mask_from_block == 9
     assert extractor(build_tiny_vit_clip(layers=2)).mask_from_block == 1
     assert extractor(build_tiny_vit_clip(layers=4), mask_from_block=0).mask_from_block == 0
-    assert extractor(build_tiny_vit_clip(layers=4), mask_from_block=99).mask_from_block == 3
+    assert extractor(build_tiny_vit_clip(layers=4), mask_from_block=48).mask_from_block == 3
 
 
 def test_earlier_masking_changes_the_feature(vit: torch.nn.Module) -> None:
@@ -183,9 +179,9 @@ def test_bad_inputs_are_refused_in_words(vit: torch.nn.Module) -> None:
     with pytest.raises(BadInputError, match="N x H x W"):
         ex.global_features(prepared, torch.zeros((2, 10, 10), dtype=torch.bool))
     with pytest.raises(ConfigError, match="preprocessing"):
-        VisualFeatureSettings(preprocessing="fancy")
+        ClipFeatureConfig(preprocessing="fancy")
     with pytest.raises(ConfigError, match="max_masks_per_forward"):
-        VisualFeatureSettings(max_masks_per_forward=0)
+        ClipFeatureConfig(max_masks_per_forward=0)
 
 
 def test_text_features_mix_sentence_and_phrase_and_truncate_long_text(vit: torch.nn.Module) -> None:

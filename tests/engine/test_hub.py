@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from workers.engine import hub as hub_module
-from workers.engine.errors import ModelStoreError
+from workers.engine.core.errors import ModelStoreError
 from workers.engine.hub import ModelHub, model_nbytes
-from workers.engine.store import ClipBundle, ModelStore
+from workers.engine.store.loaders.clip import ClipBundle
+from workers.engine.store.manifest import ModelStore
 
 MB = 1024 * 1024
 

@@ -16,22 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from workers.engine.cache import FeatureCache
-from workers.engine.descriptions import (
+from workers.engine.core.cache import FeatureCache, ImageContext
+from workers.engine.core.errors import ConfigError
+from workers.engine.core.meter import Meter
+from workers.engine.core.types import ImageInput
+from workers.engine.methods.lgd.config import GenerationConfig
+from workers.engine.methods.lgd.descriptions import (
     DescriptionGenerator,
     DescriptionRequest,
-    GenerationSettings,
-    PromptSet,
     cached_descriptions,
     clean_description,
     join_prefix,
-    load_prompt_set,
 )
-from workers.engine.errors import ConfigError
-from workers.engine.generative_loaders import MllmBundle
-from workers.engine.meter import Meter
-from workers.engine.pipelines.base import ImageContext
-from workers.engine.types import ImageInput
+from workers.engine.methods.lgd.prompt_set import PromptSet, load_prompt_set
+from workers.engine.store.loaders.transformers import MllmBundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,7 +133,7 @@ def test_prompt_set_errors_name_the_problem() -> None:
         load_prompt_set("no_such_set")
     with pytest.raises(ConfigError, match="lower-case"):
         load_prompt_set("../etc/passwd")
-    good = json.loads((ROOT / "workers/engine/prompts/lgd.json").read_text())
+    good = json.loads((ROOT / "workers/engine/methods/lgd/prompts/lgd.json").read_text())
     bad = {**good, "attribute": {"instruction": "Describe {object}."}}
     with pytest.raises(ConfigError, match=r"unknown placeholder \{object\}"):
         PromptSet.from_dict(bad, source="x.json")
@@ -168,9 +166,7 @@ def test_join_prefix_spacing() -> None:
 
 def test_both_prompts_are_built_with_the_chat_template_and_sent(spied: MllmBundle) -> None:
     prompts = load_prompt_set("lgd")
-    generator = DescriptionGenerator(
-        spied, "mllm_tiny", prompts, GenerationSettings(max_new_tokens=4), Meter()
-    )
+    generator = DescriptionGenerator(spied, "mllm_tiny", prompts, GenerationConfig(max_new_tokens=4), Meter())
     requests = _requests(["man in the white shirt on the left", "red car"])
     out = generator.generate(_rgb(), requests)
 
@@ -196,7 +192,7 @@ def test_both_prompts_are_built_with_the_chat_template_and_sent(spied: MllmBundl
 
 
 def test_without_prefill_the_generation_prompt_is_used(spied: MllmBundle) -> None:
-    settings = GenerationSettings(max_new_tokens=2, prefill_response=False)
+    settings = GenerationConfig(max_new_tokens=2, prefill_response=False)
     generator = DescriptionGenerator(spied, "mllm_tiny", load_prompt_set("lgd"), settings, Meter())
     generator.generate(_rgb(), _requests(["red car"]))
     assert all(t.endswith("ASSISTANT:") for t in spied.processor.calls[0]["text"])
@@ -204,7 +200,7 @@ def test_without_prefill_the_generation_prompt_is_used(spied: MllmBundle) -> Non
 
 @pytest.mark.parametrize("cap", [1, 3])
 def test_generation_respects_the_token_cap(spied: MllmBundle, cap: int) -> None:
-    settings = GenerationSettings(max_new_tokens=cap)
+    settings = GenerationConfig(max_new_tokens=cap)
     generator = DescriptionGenerator(spied, "mllm_tiny", load_prompt_set("lgd"), settings, Meter())
     out = generator.generate(_rgb(), _requests(["man in the white shirt on the left", "red car"]))
     ((prompt_length, generated),) = spied.model.generated
@@ -214,7 +210,7 @@ def test_generation_respects_the_token_cap(spied: MllmBundle, cap: int) -> None:
 
 def test_an_empty_output_falls_back_to_a_photo_of_the_noun_phrase(tiny_mllm: MllmBundle) -> None:
     generator = DescriptionGenerator(
-        tiny_mllm, "mllm_tiny", load_prompt_set("lgd"), GenerationSettings(), Meter()
+        tiny_mllm, "mllm_tiny", load_prompt_set("lgd"), GenerationConfig(), Meter()
     )
     request = DescriptionRequest("man in the white shirt on the left", "man", "attribute")
     made = generator._finish(request, "  \n ", prefilled=True, new_tokens=1)
@@ -226,7 +222,7 @@ def test_an_empty_output_falls_back_to_a_photo_of_the_noun_phrase(tiny_mllm: Mll
 def test_expressions_of_one_image_share_one_generate_call(spied: MllmBundle) -> None:
     meter = Meter()
     generator = DescriptionGenerator(
-        spied, "mllm_tiny", load_prompt_set("lgd"), GenerationSettings(max_new_tokens=3), meter
+        spied, "mllm_tiny", load_prompt_set("lgd"), GenerationConfig(max_new_tokens=3), meter
     )
     expressions = ["man in the white shirt on the left", "red car", "dog under the table"]
     batched = generator.generate(_rgb(), _requests(expressions))
@@ -241,7 +237,7 @@ def test_expressions_of_one_image_share_one_generate_call(spied: MllmBundle) -> 
 
 def test_batch_size_splits_generate_calls(spied: MllmBundle) -> None:
     meter = Meter()
-    settings = GenerationSettings(max_new_tokens=2, batch_size=4)
+    settings = GenerationConfig(max_new_tokens=2, batch_size=4)
     generator = DescriptionGenerator(spied, "mllm_tiny", load_prompt_set("lgd"), settings, meter)
     generator.generate(
         _rgb(), _requests(["man in the white shirt on the left", "red car", "dog under the table"])
@@ -254,7 +250,7 @@ def test_an_idefics3_smolvlm_layout_works_through_its_own_chat_template() -> Non
     bundle = _bench_module().build_idefics3_bundle("tiny")
     spy = MllmBundle(SpyModel(bundle.model), SpyProcessor(bundle.processor), bundle.device, bundle.dtype)
     generator = DescriptionGenerator(
-        spy, "smol", load_prompt_set("lgd"), GenerationSettings(max_new_tokens=3), Meter()
+        spy, "smol", load_prompt_set("lgd"), GenerationConfig(max_new_tokens=3), Meter()
     )
     out = generator.generate(_rgb(), _requests(["red car", "dog under the table"]))
     texts = spy.processor.calls[0]["text"]
@@ -272,7 +268,7 @@ def test_an_idefics3_smolvlm_layout_works_through_its_own_chat_template() -> Non
 def test_a_cache_hit_makes_no_mllm_call_in_memory_or_from_disk(tiny_mllm: MllmBundle, tmp_path: Path) -> None:
     meter = Meter()
     built: list[int] = []
-    prompts, settings = load_prompt_set("lgd"), GenerationSettings(max_new_tokens=3)
+    prompts, settings = load_prompt_set("lgd"), GenerationConfig(max_new_tokens=3)
 
     def factory() -> DescriptionGenerator:
         built.append(1)
@@ -311,5 +307,5 @@ def test_a_cache_hit_makes_no_mllm_call_in_memory_or_from_disk(tiny_mllm: MllmBu
     )
     run(_ctx(cache, meter), requests, prompts=bumped)
     assert meter.calls("mllm_tiny") == 4
-    run(_ctx(cache, meter), requests, settings=GenerationSettings(max_new_tokens=2))
+    run(_ctx(cache, meter), requests, settings=GenerationConfig(max_new_tokens=2))
     assert meter.calls("mllm_tiny") == 5

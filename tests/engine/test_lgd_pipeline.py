@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 
 from tests.engine.ranking_fixtures import TINY_SAM_AMG, CountingHub, image_input, random_rgb
-from workers.engine.cache import FeatureCache
-from workers.engine.errors import ConfigError
-from workers.engine.meter import Meter
-from workers.engine.pipelines import build_pipeline, default_config, list_pipelines, resolve_config
-from workers.engine.pipelines.global_local import GlobalLocalConfig
-from workers.engine.pipelines.lgd import LgdConfig, LgdPipeline
+from workers.engine.core.cache import FeatureCache
+from workers.engine.core.errors import ConfigError
+from workers.engine.core.meter import Meter
+from workers.engine.methods.catalogue import default_config, pipeline_names, resolve_config
+from workers.engine.methods.global_local.config import GlobalLocalConfig
+from workers.engine.methods.lgd.config import LgdConfig
+from workers.engine.methods.lgd.pipeline import LgdPipeline
+from workers.engine.methods.registry import build_pipeline
 
 BASE = {
     "proposal_source": "sam_tiny",
@@ -54,7 +56,7 @@ def rgb() -> np.ndarray:
 
 
 def test_lgd_is_registered_with_profile_model_names() -> None:
-    assert "lgd" in list_pipelines()
+    assert "lgd" in pipeline_names()
     assert default_config("lgd", "tiny").mllm_model == "mllm_tiny"
     paper = default_config("lgd", "paper")
     assert (paper.mllm_model, paper.alpha, paper.beta) == ("llava_1_5_7b", 1.0, 0.5)
@@ -70,9 +72,9 @@ def test_lgd_is_registered_with_profile_model_names() -> None:
     [
         ({"use_van": False, "use_att": False, "use_sur": False}, "turn at least one on"),
         ({"alpha": -1}, "'alpha'"),
-        ({"max_new_tokens": 0}, "'max_new_tokens'"),
+        ({"generation": {"max_new_tokens": 0}}, "'generation.max_new_tokens'"),
         ({"prompt_set": "missing_prompts"}, "'prompt_set'"),
-        ({"mllm_batch_size": 0}, "'mllm_batch_size'"),
+        ({"generation": {"batch_size": 0}}, "'generation.batch_size'"),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(overrides: dict, message: str) -> None:
@@ -84,7 +86,7 @@ def test_alpha_beta_zero_is_exactly_the_global_local_ranking(
     hub: CountingHub, shared_cache: FeatureCache, rgb: np.ndarray
 ) -> None:
     cache, meter = shared_cache, Meter()
-    lgd = _build(hub, cache, meter, alpha=0.0, beta=0.0, max_new_tokens=4)
+    lgd = _build(hub, cache, meter, alpha=0.0, beta=0.0, generation={"max_new_tokens": 4})
     vanilla_config = {k: v for k, v in BASE.items() if k in GlobalLocalConfig.field_names()}
     vanilla = build_pipeline("global_local", vanilla_config, hub, cache, meter, profile="tiny")
     image = image_input(rgb)
@@ -107,7 +109,7 @@ def test_alpha_beta_zero_is_exactly_the_global_local_ranking(
 def test_score_is_the_weighted_sum_and_ranks_the_candidates(
     hub: CountingHub, shared_cache: FeatureCache, rgb: np.ndarray
 ) -> None:
-    lgd = _build(hub, shared_cache, Meter(), alpha=0.7, beta=0.3, max_new_tokens=3)
+    lgd = _build(hub, shared_cache, Meter(), alpha=0.7, beta=0.3, generation={"max_new_tokens": 3})
     (ranked,) = lgd.predict(lgd.context(image_input(rgb)), EXPRESSIONS[:1])
     for c in ranked:
         parts = c.components
@@ -126,7 +128,7 @@ def test_ablation_switches_drop_terms_and_their_mllm_work(
     image = image_input(rgb)
 
     meter = Meter()
-    no_att = _build(hub, shared_cache, meter, use_att=False, beta=2.0, max_new_tokens=5)
+    no_att = _build(hub, shared_cache, meter, use_att=False, beta=2.0, generation={"max_new_tokens": 5})
     (ranked,) = no_att.predict(no_att.context(image), EXPRESSIONS[:1])
     assert "s_att" not in ranked[0].components and "s_sur" in ranked[0].components
     for c in ranked:
@@ -134,7 +136,9 @@ def test_ablation_switches_drop_terms_and_their_mllm_work(
     (described,) = no_att.descriptions(no_att.context(image), EXPRESSIONS[:1])
     assert described.attribute is None and described.surrounding
 
-    sur_only = _build(hub, shared_cache, Meter(), use_van=False, use_att=False, max_new_tokens=5)
+    sur_only = _build(
+        hub, shared_cache, Meter(), use_van=False, use_att=False, generation={"max_new_tokens": 5}
+    )
     (ranked,) = sur_only.predict(sur_only.context(image), EXPRESSIONS[:1])
     assert all(c.score == pytest.approx(0.5 * c.components["s_sur"], abs=1e-9) for c in ranked)
 
@@ -150,7 +154,7 @@ def test_descriptions_are_cached_and_exposed(
     hub: CountingHub, shared_cache: FeatureCache, rgb: np.ndarray
 ) -> None:
     cache, meter = shared_cache, Meter()
-    lgd = _build(hub, cache, meter, max_new_tokens=6)
+    lgd = _build(hub, cache, meter, generation={"max_new_tokens": 6})
     image = image_input(rgb)
     first = lgd.predict(lgd.context(image), EXPRESSIONS)
     assert meter.calls("mllm_tiny") == 1  # three expressions, both kinds: one generate call
@@ -166,13 +170,13 @@ def test_descriptions_are_cached_and_exposed(
         assert set(d.to_dict()) == {"expression", "attribute", "surrounding"}
 
     # Another pipeline object on the same cache (another job, same settings) reuses them too.
-    other = _build(hub, cache, meter, max_new_tokens=6)
+    other = _build(hub, cache, meter, generation={"max_new_tokens": 6})
     other.predict(other.context(image), EXPRESSIONS[1:])
     assert meter.calls("mllm_tiny") == 1
 
 
 def test_an_empty_expression_is_refused_before_model_work(hub: CountingHub, rgb: np.ndarray) -> None:
-    from workers.engine.errors import BadInputError
+    from workers.engine.core.errors import BadInputError
 
     meter = Meter()
     lgd = _build(hub, FeatureCache(memory_bytes=1 << 20), meter)

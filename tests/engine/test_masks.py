@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.engine.errors import BadInputError
-from workers.engine.masks import (
+from workers.engine.blocks.masks import (
     Proposals,
     bbox_xyxy_from_masks,
     decode_rle,
@@ -22,6 +21,7 @@ from workers.engine.masks import (
     rle_area,
     rle_bbox_xyxy,
 )
+from workers.engine.core.errors import BadInputError
 
 
 def boxes_mask(h: int, w: int, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:

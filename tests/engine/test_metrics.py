@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.engine.metrics import SentenceScore, intersection_union, iou_histogram, summarize
+from workers.engine.data.metrics import SentenceScore, intersection_union, iou_histogram, summarize
 
 
 def test_intersection_union_counts_pixels() -> None:

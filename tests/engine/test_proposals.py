@@ -5,20 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.engine.errors import BadInputError, ConfigError
-from workers.engine.hub import ModelHub
-from workers.engine.masks import Proposals
-from workers.engine.proposals import (
-    TAS_AMG_CONFIG,
-    AmgConfig,
-    PromptRefiner,
-    drop_overlapping,
-    drop_small,
+from workers.engine.blocks.masks import Proposals
+from workers.engine.blocks.proposals.amg import (
     generate_proposals,
-    keep_largest,
     postprocess_small_regions,
     remove_small_regions,
 )
+from workers.engine.blocks.proposals.config import TAS_AMG_CONFIG, AmgConfig
+from workers.engine.blocks.proposals.filters import drop_overlapping, drop_small, keep_largest
+from workers.engine.blocks.proposals.refine import PromptRefiner
+from workers.engine.core.errors import BadInputError, ConfigError
+from workers.engine.hub import ModelHub
 
 
 def rect_masks(h: int, w: int, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -144,7 +141,7 @@ def test_mobile_sam_automatic_masks_on_a_real_photo(model_hub: ModelHub, astrona
     assert np.array_equal(p.area, decoded.reshape(len(p), -1).sum(axis=1))
     # SAM's box NMS lets near-duplicate masks through when a stray pixel widens one box; the overlap
     # filter removes them.
-    from workers.engine.proposals import overlap_over_smaller
+    from workers.engine.blocks.proposals.filters import overlap_over_smaller
 
     deduplicated = drop_overlapping(p, 0.9)
     assert overlap_over_smaller(deduplicated).max() <= 0.9

@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from workers.engine.diffusion_attention import (
+from workers.engine.blocks.geometry import SquareGeometry, pad_square
+from workers.engine.blocks.text import parse_expression
+from workers.engine.core.errors import ConfigError
+from workers.engine.hub import ModelHub
+from workers.engine.methods.refdiff.attention import (
     AttentionStore,
     CapturingCrossAttnProcessor,
     capture_cross_attention,
@@ -24,23 +28,18 @@ from workers.engine.diffusion_attention import (
     subject_token_index,
     subject_token_index_peer,
 )
-from workers.engine.diffusion_noising import (
-    NoisingSettings,
-    SquareGeometry,
+from workers.engine.methods.refdiff.config import NoisingConfig
+from workers.engine.methods.refdiff.noising import (
     attention_to_image,
     denoise_with_capture,
     encode_latents,
     new_scheduler,
-    pad_square,
     schedule,
 )
-from workers.engine.errors import ConfigError
-from workers.engine.hub import ModelHub
-from workers.engine.store import ModelStore
-from workers.engine.text import parse_expression
+from workers.engine.store.manifest import ModelStore
 
 # 128 px -> a 16 x 16 latent: cross-attention at 16 (down 0, up 2 x2), 8 (down 1, up 1 x2) and 4 (mid).
-SETTINGS = NoisingSettings(image_size=128, steps=10, strength=0.2)  # two UNet steps
+SETTINGS = NoisingConfig(image_size=128, steps=10, strength=0.2)  # two UNet steps
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +153,7 @@ def test_subject_map_combines_guidance_and_takes_the_subject_column() -> None:
 
 def test_the_map_comes_back_to_the_image_without_the_padding() -> None:
     rgb = np.zeros((2, 4, 3), dtype=np.uint8)
-    square, geometry = pad_square(rgb, pad_value=7)
+    square, geometry = pad_square(rgb, 7)
     assert square.shape == (4, 4, 3) and (geometry.top, geometry.left) == (1, 0)
     assert (square[0] == 7).all() and (square[1:3] == 0).all()
     grid = torch.tensor([[0.0, 0.0], [1.0, 5.0]])  # the bottom half of the square holds the image's values
@@ -164,12 +163,12 @@ def test_the_map_comes_back_to_the_image_without_the_padding() -> None:
 
 
 def test_schedule_runs_strength_times_steps_and_the_peer_noise_offset(sd) -> None:
-    noise_t, timesteps = schedule(new_scheduler(sd), NoisingSettings(image_size=128))
+    noise_t, timesteps = schedule(new_scheduler(sd), NoisingConfig(image_size=128))
     assert timesteps == [51, 1] and noise_t == 51
-    noise_t, timesteps = schedule(new_scheduler(sd), NoisingSettings(image_size=128, peer_noise_level=True))
+    noise_t, timesteps = schedule(new_scheduler(sd), NoisingConfig(image_size=128, peer_noise_level=True))
     assert timesteps == [51, 1] and noise_t == 101
     with pytest.raises(ConfigError, match="runs no denoising step"):
-        NoisingSettings(steps=20, strength=0.01)
+        NoisingConfig(steps=20, strength=0.01)
 
 
 # -- subject token ---------------------------------------------------------------------------------

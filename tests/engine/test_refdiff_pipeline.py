@@ -12,20 +12,25 @@ import numpy as np
 import pytest
 import torch
 
-import workers.engine.pipelines.refdiff  # noqa: F401 - registers "refdiff" (also found by the registry)
-from workers.engine.cache import FeatureCache
-from workers.engine.errors import ConfigError
+from workers.engine.blocks.masks import Proposals
+from workers.engine.blocks.proposals.cached import proposal_params
+from workers.engine.blocks.text import parse_expression
+from workers.engine.core.cache import FeatureCache
+from workers.engine.core.errors import ConfigError
+from workers.engine.core.meter import Meter
+from workers.engine.core.types import ImageInput
 from workers.engine.hub import ModelHub
-from workers.engine.masks import Proposals
-from workers.engine.meter import Meter
-from workers.engine.pipelines import build_pipeline, default_config, list_pipelines
-from workers.engine.pipelines.refdiff import RefDiffConfig, RefDiffPipeline
-from workers.engine.pipelines.shared import SAM_SOURCES, proposal_params
-from workers.engine.store import ModelStore
-from workers.engine.types import ImageInput
+from workers.engine.methods.catalogue import default_config, pipeline_names
+from workers.engine.methods.refdiff.config import RefDiffConfig
+from workers.engine.methods.refdiff.pipeline import RefDiffPipeline
+from workers.engine.methods.registry import build_pipeline
+from workers.engine.store.catalogue import models_of_family
+from workers.engine.store.manifest import ModelStore
+
+SAM_SOURCES = models_of_family("sam")
 
 # A 128 px SD input (16 x 16 latent) and one UNet step keep each generative pass short on a CPU.
-FAST = {"image_size": 128, "steps": 10, "strength": 0.1, "min_area": 0}
+FAST = {"noising": {"image_size": 128, "steps": 10, "strength": 0.1}, "min_area": 0}
 SENTENCES = ["the red square on the left", "a blue box"]
 
 
@@ -50,7 +55,7 @@ def _pipeline(hub: ModelHub, cache: FeatureCache, meter: Meter, **overrides) -> 
 
 
 def test_registered_with_tiny_profile_defaults() -> None:
-    assert "refdiff" in list_pipelines()
+    assert "refdiff" in pipeline_names()
     config = default_config("refdiff", "tiny")
     assert isinstance(config, RefDiffConfig)
     assert (config.diffusion_model, config.clip_model, config.proposal_source) == (
@@ -58,16 +63,25 @@ def test_registered_with_tiny_profile_defaults() -> None:
         "clip_tiny",
         "mobile_sam",
     )
-    assert config.image_size == 256
+    assert config.noising.image_size == 256
     paper = default_config("refdiff", "paper")
-    assert (paper.diffusion_model, paper.clip_model, paper.image_size) == ("sd_1_5", "clip_vit_b_16", 1024)
-    assert (paper.steps, paper.strength, paper.guidance_scale, paper.max_proposals) == (20, 0.1, 9.0, 10)
+    assert (paper.diffusion_model, paper.clip_model, paper.noising.image_size) == (
+        "sd_1_5",
+        "clip_vit_b_16",
+        1024,
+    )
+    assert (
+        paper.noising.steps,
+        paper.noising.strength,
+        paper.noising.guidance_scale,
+        paper.max_proposals,
+    ) == (20, 0.1, 9.0, 10)
     assert paper.resolved_min_area == 10000
     assert RefDiffConfig(dataset="refcocog").resolved_min_area == 0
     with pytest.raises(ConfigError, match="proposal_source"):
         RefDiffConfig(proposal_source="freesolo")
     with pytest.raises(ConfigError, match="runs no denoising step"):
-        RefDiffConfig(steps=5, strength=0.1)
+        RefDiffConfig.from_dict({"noising": {"steps": 5, "strength": 0.1}})
 
 
 def test_proposal_free_mode_ranks_threshold_masks_without_sam(hub: ModelHub) -> None:
@@ -100,7 +114,7 @@ def test_each_sentence_gets_its_own_cached_map(hub: ModelHub) -> None:
     meter, cache = Meter(), FeatureCache()
     pipeline = _pipeline(hub, cache, meter, proposal_source="attention", use_discriminative=False)
     ctx = pipeline.context(_image())
-    parsed = [workers.engine.pipelines.refdiff.parse_expression(s) for s in SENTENCES]
+    parsed = [parse_expression(s) for s in SENTENCES]
     first = pipeline.attention_maps(ctx, SENTENCES, parsed)
     assert first[0].image_map.shape == (72, 96)
     assert not torch.allclose(first[0].square_map, first[1].square_map)
@@ -120,7 +134,7 @@ def test_each_sentence_gets_its_own_cached_map(hub: ModelHub) -> None:
 def _inject_proposals(pipeline: RefDiffPipeline, image: ImageInput, masks: np.ndarray) -> None:
     """Put SAM proposals in the cache so the SAM-mode path runs without SAM's cost."""
     ctx = pipeline.context(image)
-    params = proposal_params(pipeline.hub, pipeline.config.proposal_source, pipeline.config.amg_config)
+    params = proposal_params(pipeline.hub, pipeline.config.proposal_source, pipeline.config.amg)
     ctx.cache.put(ctx.key("proposals", params), Proposals.from_masks(masks).to_state())
 
 
@@ -131,9 +145,7 @@ def test_sam_mode_filtered_proposals_never_win_and_peer_compat_scores_them_zero(
         pipeline = _pipeline(hub, cache, Meter(), use_discriminative=False, min_area=50, peer_compat=peer)
         ctx = pipeline.context(image)
         sentence = SENTENCES[0]
-        attention = pipeline.attention_maps(
-            ctx, [sentence], [workers.engine.pipelines.refdiff.parse_expression(sentence)]
-        )
+        attention = pipeline.attention_maps(ctx, [sentence], [parse_expression(sentence)])
         low = (attention[0].image_map < 0.5).numpy()  # the cold part: mean inside < mean outside
         hot = np.zeros_like(low)
         y, x = np.unravel_index(int(attention[0].image_map.argmax()), low.shape)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from workers.engine.errors import BadInputError, ConfigError
+from workers.engine.blocks.masks import Proposals
+from workers.engine.blocks.text import parse_expression
+from workers.engine.core.errors import BadInputError, ConfigError
 from workers.engine.hub import ModelHub
-from workers.engine.masks import Proposals
-from workers.engine.refdiff_scores import (
+from workers.engine.methods.refdiff.scores import (
     RegionClipEncoder,
     attention_proposals,
     fuse_scores,
@@ -22,7 +23,6 @@ from workers.engine.refdiff_scores import (
     ramp_direction,
     text_mix,
 )
-from workers.engine.text import parse_expression
 
 
 def test_generative_score_is_mean_inside_minus_mean_outside() -> None:

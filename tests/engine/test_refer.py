@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.engine.refer import (
+from workers.engine.data.refer import (
     DatasetError,
     MissingImageError,
     ReferDataset,
     gt_mask_from_segmentation,
     load_refs_pickle,
 )
-from workers.engine.synthetic_refer import COLOURS, SHAPES, dump_python2_pickle, write_synthetic_refcoco
+from workers.engine.data.refer_format import dump_python2_pickle
+from workers.engine.data.synthetic import COLOURS, SHAPES, write_synthetic_refcoco
 
 
 @pytest.fixture(scope="module")

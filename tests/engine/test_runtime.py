@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests.engine.ranking_fixtures import TINY_SAM_AMG, image_input, random_rgb, single_torch_thread
-from workers.engine import runtime
-from workers.engine.errors import BadInputError, ConfigError, UnknownPipelineError
-from workers.engine.masks import decode_rle_one, encode_rle_one
-from workers.engine.runtime import Engine, EngineSettings, get_engine, reset_engine
+from workers.engine.blocks.masks import decode_rle_one, encode_rle_one
+from workers.engine.core.errors import BadInputError, ConfigError, UnknownPipelineError
+from workers.engine.core.settings import PROJECT_ROOT, EngineSettings
+from workers.engine.runtime import Engine, get_engine, reset_engine
 
 _ = single_torch_thread  # imported for pytest
 
@@ -60,7 +60,7 @@ def test_settings_defaults_live_under_var(tmp_path: Path) -> None:
     assert settings.model_dir == tmp_path / "models" and settings.cache_dir == tmp_path / "cache"
     assert settings.profile == "tiny" and settings.device == "auto"
     relative = EngineSettings.from_env({"RIS_MODEL_DIR": "some/models"})
-    assert relative.model_dir == runtime.PROJECT_ROOT / "some" / "models"
+    assert relative.model_dir == PROJECT_ROOT / "some" / "models"
 
 
 def test_bad_settings_are_refused_in_words() -> None:
@@ -92,12 +92,17 @@ def test_resolve_config_is_full_and_json_ready(engine: Engine) -> None:
 
 def test_predict_top_k_and_second_expression_is_image_free(engine: Engine) -> None:
     image = image_input(random_rgb(seed=21))
-    results = engine.predict(image, ["the left cup"], pipeline="global_local", config=TINY, top_k=3)
+    prediction = engine.predict(image, ["the left cup"], pipeline="global_local", config=TINY, top_k=3)
+    assert prediction.pipeline == "global_local" and prediction.profile == "tiny"
+    assert prediction.config == engine.resolve_config("global_local", TINY)  # what ran is returned with it
+    results = prediction.candidates
     assert len(results) == 1 and 1 <= len(results[0]) <= 3
     assert [c.rank for c in results[0]] == list(range(len(results[0])))
     after_first = image_calls(engine)
     assert after_first[0] == 1
-    more = engine.predict(image, ["a plate", "a fork"], pipeline="global_local", config=TINY, top_k=2)
+    more = engine.predict(
+        image, ["a plate", "a fork"], pipeline="global_local", config=TINY, top_k=2
+    ).candidates
     assert [len(r) for r in more] == [2, 2]
     assert image_calls(engine) == after_first
     snapshot = engine.meter.snapshot()
@@ -129,7 +134,7 @@ def test_predict_refuses_bad_input(engine: Engine) -> None:
         engine.predict(image, ["a dog"], pipeline="global_local", config=TINY, top_k=0)
     with pytest.raises(BadInputError, match="empty"):
         engine.predict(image, [""], pipeline="global_local", config=TINY)
-    assert engine.predict(image, [], pipeline="global_local", config=TINY) == []
+    assert engine.predict(image, [], pipeline="global_local", config=TINY).candidates == []
 
 
 # -- refine ----------------------------------------------------------------------------------------------

@@ -11,20 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from workers.engine.errors import ModelStoreError
-from workers.engine.store import (
-    ClipBundle,
-    ModelEntry,
-    ModelStore,
-    cached_sha256,
-    catalogue,
-    clear_checksum_cache,
-    fetch,
-    load_model,
-    make_tiny,
-    sha256_file,
-)
+from workers.engine.core.errors import ModelStoreError
 from workers.engine.store import checksum as checksum_module
+from workers.engine.store.catalogue import catalogue
+from workers.engine.store.checksum import cached_sha256, clear_checksum_cache, sha256_file
+from workers.engine.store.fetch import fetch
+from workers.engine.store.loaders.clip import ClipBundle
+from workers.engine.store.loaders.registry import load_model
+from workers.engine.store.manifest import ModelEntry, ModelStore
+from workers.engine.store.tiny.writers import make_tiny
 
 MOBILE_SAM_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
 CONTRACT_NAMES = {

@@ -17,26 +17,29 @@ import numpy as np
 import pytest
 
 from tests.engine.ranking_fixtures import TINY_SAM_AMG
-from workers.engine.cache import FeatureCache
-from workers.engine.captions import (
+from workers.engine.blocks.captions.captioner import (
     Captioner,
-    CaptionSettings,
     blur_image,
     blurred_background_crops,
     opencv_sigma,
 )
-from workers.engine.errors import BadInputError, ConfigError
-from workers.engine.lexicon import SynonymRule, WordNetMissingError
-from workers.engine.masks import Proposals
-from workers.engine.meter import Meter
-from workers.engine.pipelines import build_pipeline, default_config, list_pipelines
-from workers.engine.pipelines import tas as tas_module
-from workers.engine.pipelines.shared import proposal_params
-from workers.engine.pipelines.tas import TasConfig, TasPipeline, combine_scores, negative_phrases
-from workers.engine.runtime import Engine, EngineSettings
-from workers.engine.types import ImageInput
+from workers.engine.blocks.captions.config import CaptionConfig
+from workers.engine.blocks.masks import Proposals
+from workers.engine.blocks.proposals.cached import proposal_params
+from workers.engine.core.cache import FeatureCache
+from workers.engine.core.errors import BadInputError, ConfigError
+from workers.engine.core.meter import Meter
+from workers.engine.core.settings import EngineSettings
+from workers.engine.core.types import ImageInput
+from workers.engine.methods.catalogue import default_config, pipeline_names
+from workers.engine.methods.registry import build_pipeline
+from workers.engine.methods.tas import pipeline as tas_module
+from workers.engine.methods.tas.config import TasConfig
+from workers.engine.methods.tas.lexicon import SynonymRule, WordNetMissingError
+from workers.engine.methods.tas.pipeline import TasPipeline, combine_scores, negative_phrases
+from workers.engine.runtime import Engine
 
-FAST_CAPTIONS = {"caption_num_beams": 1, "caption_max_new_tokens": 3, "min_area": 0}
+FAST_CAPTIONS = {"caption": {"num_beams": 1, "max_new_tokens": 3}, "min_area": 0}
 CAPTIONER = "captioner_tiny"
 
 # Four squares, one per quadrant, on a grey background (96 x 128).
@@ -63,7 +66,7 @@ def _pipeline(hub, cache=None, meter=None, **overrides) -> TasPipeline:
 
 def _seed_proposals(pipe: TasPipeline, image: ImageInput, masks: np.ndarray):
     ctx = pipe.context(image)
-    params = proposal_params(pipe.hub, pipe.config.proposal_source, pipe.config.amg_config)
+    params = proposal_params(pipe.hub, pipe.config.proposal_source, pipe.config.amg)
     ctx.cache.put(ctx.key("proposals", params), Proposals.from_masks(masks).to_state())
     return ctx
 
@@ -72,12 +75,12 @@ def _seed_proposals(pipe: TasPipeline, image: ImageInput, masks: np.ndarray):
 
 
 def test_tas_is_registered_with_the_codes_constants():
-    assert "tas" in list_pipelines()
+    assert "tas" in pipeline_names()
     config = default_config("tas", "tiny")
     assert isinstance(config, TasConfig)
     assert (config.lambda_p, config.lambda_n, config.score_scale) == (0.1, 0.7, 100.0)
-    assert (config.min_area, config.max_overlap, config.blur_kernel) == (2000, 0.4, 75)
-    amg = config.amg_config
+    assert (config.min_area, config.max_overlap, config.caption.blur_kernel) == (2000, 0.4, 75)
+    amg = config.amg
     assert (amg.points_per_side, amg.pred_iou_thresh, amg.stability_score_thresh) == (8, 0.7, 0.7)
     assert amg.min_mask_region_area == 800
     assert (config.clip_model, config.captioner_model) == ("clip_tiny", CAPTIONER)
@@ -108,7 +111,7 @@ def test_peer_compat_resolves_every_quirk_and_keys_override_it():
     ("overrides", "message"),
     [
         ({"negative_template": "a photo"}, "negative_template"),
-        ({"blur_kernel": 74}, "blur_kernel"),
+        ({"caption": {"blur_kernel": 74}}, "caption.blur_kernel"),
         ({"lambda_n": -1}, "lambda_n"),
         ({"spatial_match": "regex"}, "spatial_match"),
         ({"spatial_vocabulary": {"middle": ["centre"]}}, "spatial_vocabulary"),
@@ -175,7 +178,7 @@ def test_blurred_background_crops_keep_the_mask_sharp():
 def test_captioner_batches_and_counts_one_call_per_image(model_hub):
     bundle = model_hub.get(CAPTIONER)
     meter = Meter()
-    settings = CaptionSettings(max_new_tokens=2, num_beams=1, batch_size=2)
+    settings = CaptionConfig(max_new_tokens=2, num_beams=1, batch_size=2)
     captioner = Captioner(bundle, model_name=CAPTIONER, settings=settings, meter=meter)
     generate_calls = []
     original = bundle.model.generate
@@ -226,7 +229,7 @@ def test_expressions_share_captions_and_a_cache_hit_does_no_captioning(model_hub
     assert after["clip_tiny:image"]["calls"] == before["clip_tiny:image"]["calls"]
     assert len(again[0]) == len(fresh[0]) == len(masks)
 
-    longer = _pipeline(model_hub, cache, meter, caption_max_new_tokens=4)
+    longer = _pipeline(model_hub, cache, meter, caption={"num_beams": 1, "max_new_tokens": 4})
     longer.predict(longer.context(image), ["the red square"])
     assert meter.calls(CAPTIONER) == before[CAPTIONER]["calls"] + len(masks) + 1  # new setting, new captions
 
@@ -256,7 +259,7 @@ def test_pipeline_with_negatives_has_a_nonzero_n(model_hub, monkeypatch):
 
 
 def _decode(rle: dict) -> np.ndarray:
-    from workers.engine.masks import decode_rle_one
+    from workers.engine.blocks.masks import decode_rle_one
 
     return decode_rle_one(rle)
 
@@ -290,7 +293,7 @@ def test_missing_wordnet_is_an_error_naming_the_fix_or_a_lemma_fallback(model_hu
         strict.predict(_seed_proposals(strict, image, masks), ["the red square"])
     lenient = _pipeline(model_hub, lexicon_fallback="exact")
     monkeypatch.setattr(lenient, "image_caption", lambda ctx: "a square and a man")
-    with caplog.at_level(logging.WARNING, logger="workers.engine.pipelines.tas"):
+    with caplog.at_level(logging.WARNING, logger="workers.engine.methods.tas.pipeline"):
         (candidates,) = lenient.predict(_seed_proposals(lenient, image, masks), ["the red square"])
     assert candidates[0].components["negatives"] == 1.0  # "a square" matched by lemma, "a man" kept
     assert "lemma only" in caplog.text
@@ -303,7 +306,9 @@ def test_engine_runs_tas_end_to_end_with_sam_tiny(model_dir, model_hub):
     image, _ = _scene()
     config = {**FAST_CAPTIONS, "proposal_source": "sam_tiny", "amg": TINY_SAM_AMG, "max_overlap": None}
     with engine.meter.capture() as used:
-        results = engine.predict(image, ["the red square", "left one"], pipeline="tas", config=config)
+        results = engine.predict(
+            image, ["the red square", "left one"], pipeline="tas", config=config
+        ).candidates
     assert len(results) == 2
     n_masks = len(results[0])
     assert n_masks >= 1 and len(results[1]) == n_masks

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.engine.lexicon import (
+from workers.engine.blocks.text import get_nlp
+from workers.engine.methods.tas.lexicon import (
     LEXNAMES,
     WORDNET_FILES,
     PhraseNoun,
@@ -22,7 +23,6 @@ from workers.engine.lexicon import (
     near_synonyms,
     phrase_noun,
 )
-from workers.engine.text import get_nlp
 
 OURS = SynonymRule()
 CODE = SynonymRule(same_lemma=False, nouns_only=False)

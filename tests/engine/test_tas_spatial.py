@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.engine.spatial import (
+from workers.engine.methods.tas.spatial import (
     BOTTOM_LEFT,
     BOTTOM_RIGHT,
-    DEFAULT_VOCABULARY,
-    TAS_CODE_VOCABULARY,
     TOP_LEFT,
     TOP_RIGHT,
-    check_vocabulary,
     find_directions,
     mask_centroids,
     quadrants,
     rectify,
 )
+from workers.engine.methods.tas.vocabulary import DEFAULT_VOCABULARY, TAS_CODE_VOCABULARY, check_vocabulary
 
 H, W = 80, 80
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.engine.errors import BadInputError
-from workers.engine.text import SPATIAL_VOCABULARY, find_spatial_words, parse_expression
+from workers.engine.blocks.text import SPATIAL_VOCABULARY, find_spatial_words, parse_expression
+from workers.engine.core.errors import BadInputError
 
 # (expression, expected noun phrase, expected spatial words), in RefCOCO / RefCOCO+ / RefCOCOg style.
 CASES = [

@@ -14,17 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from workers.engine.errors import ConfigError, ModelStoreError
-from workers.engine.generative_loaders import (
-    CaptionerBundle,
-    DiffusionBundle,
-    MllmBundle,
-    load_captioner,
-    load_diffusion,
-    load_mllm,
-    resolve_dtype,
-)
-from workers.engine.store.tiny_generative import (
+from workers.engine.core.errors import ConfigError, ModelStoreError
+from workers.engine.store.loaders.diffusers import DiffusionBundle, load_diffusion
+from workers.engine.store.loaders.folders import resolve_dtype
+from workers.engine.store.loaders.transformers import CaptionerBundle, MllmBundle, load_captioner, load_mllm
+from workers.engine.store.tiny.generative import (
     clip_bpe_vocab_and_merges,
     write_tiny_captioner,
     write_tiny_diffusion,

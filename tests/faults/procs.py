@@ -290,9 +290,9 @@ class CeleryProcess:
 
 def build_model_store(root: Path) -> Path:
     """What the fault tests' jobs need: real MobileSAM (from its package), spaCy, clip_tiny and sam_tiny."""
-    from workers.engine.store import ModelStore
     from workers.engine.store.fetch import fetch
-    from workers.engine.store.tiny import make_tiny
+    from workers.engine.store.manifest import ModelStore
+    from workers.engine.store.tiny.writers import make_tiny
 
     store = ModelStore(root)
     fetch(store, "mobile_sam")

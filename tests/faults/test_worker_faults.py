@@ -53,11 +53,11 @@ pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(tran
 STALE_SECONDS = 10
 PHOTO_SIDE = 128
 # Real MobileSAM with enough prompts that a job outlasts the test's reaction time even on an idle machine.
-SLOW = {"proposal_source": "mobile_sam", "amg": {"points_per_side": 12}, "shorter_side": 224}
+SLOW = {"proposal_source": "mobile_sam", "amg": {"points_per_side": 12}, "features": {"shorter_side": 224}}
 QUICK = {
     "proposal_source": "sam_tiny",
     "amg": {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
-    "shorter_side": 224,
+    "features": {"shorter_side": 224},
 }
 JOB_TIMEOUT_S = 240
 FINISHED = ("succeeded", "failed", "cancelled")

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(tran
 ROOT = Path(__file__).resolve().parents[2]
 PHOTO_SIDE = 256
 JOB_TIMEOUT_S = 300
-FAST_CONFIG = {"amg": {"points_per_side": 5}, "shorter_side": 224}  # 25 prompts: ~16 masks
+FAST_CONFIG = {"amg": {"points_per_side": 5}, "features": {"shorter_side": 224}}  # 25 prompts: ~16 masks
 
 
 def _test_database_url() -> str:
@@ -49,9 +49,9 @@ def _test_database_url() -> str:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model store with what the tiny profile of global_local needs: real MobileSAM, spaCy, clip_tiny."""
-    from workers.engine.store import ModelStore
     from workers.engine.store.fetch import fetch
-    from workers.engine.store.tiny import make_tiny
+    from workers.engine.store.manifest import ModelStore
+    from workers.engine.store.tiny.writers import make_tiny
 
     root = tmp_path_factory.mktemp("models")
     store = ModelStore(root)

@@ -264,10 +264,11 @@ def test_malformed_rle_in_a_review_is_refused(api_client, answered, rle):
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory):
     """The real engine on a store with the tiny CLIP, the tiny SAM and spaCy (no Django involved)."""
-    from workers.engine.runtime import Engine, EngineSettings
-    from workers.engine.store import ModelStore
+    from workers.engine.core.settings import EngineSettings
+    from workers.engine.runtime import Engine
     from workers.engine.store.fetch import fetch
-    from workers.engine.store.tiny import make_tiny
+    from workers.engine.store.manifest import ModelStore
+    from workers.engine.store.tiny.writers import make_tiny
 
     root: Path = tmp_path_factory.mktemp("text-path-models")
     store = ModelStore(root)
@@ -287,7 +288,7 @@ HARD_EXPRESSIONS = [
 
 
 def test_hard_expressions_run_through_the_engine(engine):
-    from workers.engine.types import ImageInput
+    from workers.engine.core.types import ImageInput
 
     assert len(HARD_EXPRESSIONS[4]) > 10_000 - 20
     rgb = np.zeros((48, 64, 3), dtype=np.uint8)
@@ -295,7 +296,7 @@ def test_hard_expressions_run_through_the_engine(engine):
     image = ImageInput(rgb=rgb, sha256=hashlib.sha256(rgb.tobytes()).hexdigest())
     config = {"proposal_source": "sam_tiny", "amg": {"points_per_side": 2, "pred_iou_thresh": 0.0,
               "stability_score_thresh": 0.0}}  # fmt: skip
-    ranked = engine.predict(image, HARD_EXPRESSIONS, pipeline="global_local", config=config)
+    ranked = engine.predict(image, HARD_EXPRESSIONS, pipeline="global_local", config=config).candidates
     assert len(ranked) == len(HARD_EXPRESSIONS)
     assert all(ranked), "every expression gets candidates"
     for candidates in ranked:

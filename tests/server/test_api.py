@@ -285,9 +285,11 @@ def test_expression_creation_is_rate_limited(api_client, image, monkeypatch):
     cache.clear()
 
 
-def test_pipelines_are_listed_from_settings(api_client, settings):
-    names = [p["name"] for p in api_client.get("/api/pipelines/").json()]
-    assert names == list(settings.RIS_PIPELINES)
+def test_pipelines_are_listed_from_the_catalogue(api_client):
+    listed = api_client.get("/api/pipelines/").json()
+    assert [p["name"] for p in listed] == ["global_local", "lgd", "refdiff", "tas"]
+    tas = next(p for p in listed if p["name"] == "tas")
+    assert tas["title"] == "TAS" and "EMNLP" in tas["paper"] and "rectifier" in tas["description"]
 
 
 def test_database_down_gives_503_json(api_client, monkeypatch):

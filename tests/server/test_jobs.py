@@ -90,8 +90,14 @@ def test_unknown_pipeline_and_bad_config(image, user):
         expression_create(image=image, text="cat", author=user, pipeline="nope")
     with pytest.raises(InvalidInput, match="JSON object"):
         expression_create(image=image, text="cat", author=user, config=[1, 2])
-    expression = expression_create(image=image, text="cat", author=user, pipeline="tas", config={"top_k": 3})
-    assert job_of(expression).pipeline == "tas" and job_of(expression).config == {"top_k": 3}
+    with pytest.raises(InvalidInput, match="unknown config key 'top_k'"):
+        expression_create(image=image, text="cat", author=user, pipeline="tas", config={"top_k": 3})
+    with pytest.raises(InvalidInput, match="'amg.points_per_side' must be in"):
+        expression_create(image=image, text="cat", author=user, config={"amg": {"points_per_side": 10000}})
+    expression = expression_create(
+        image=image, text="cat", author=user, pipeline="tas", config={"lambda_n": 0.5}
+    )
+    assert job_of(expression).pipeline == "tas" and job_of(expression).config == {"lambda_n": 0.5}
 
 
 def test_broker_down_leaves_the_job_queued_and_undispatched(

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from pytest_django.fixtures import Settings
 
 
 def run(*args: str) -> str:
@@ -23,8 +22,8 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def model_dir_setting(settings: Settings, store_dir: Path) -> Path:
-    settings.RIS_MODEL_DIR = store_dir
+def model_dir_setting(engine_settings, store_dir: Path) -> Path:
+    engine_settings(model_dir=store_dir)
     return store_dir
 
 

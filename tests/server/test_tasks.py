@@ -13,9 +13,10 @@ import workers.tasks as tasks
 from server.ris.models import Candidate, JobState, SegmentationJob
 from server.ris.services.rle import rle_from_mask
 from tests.server.factories import expression_make, image_make, job_of
-from workers.engine.errors import ConfigError
-from workers.engine.meter import Meter
-from workers.engine.types import Candidate as EngineCandidate
+from workers.engine.core.errors import ConfigError
+from workers.engine.core.meter import Meter
+from workers.engine.core.types import Candidate as EngineCandidate
+from workers.engine.runtime import Prediction
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +62,7 @@ class FakeEngine:
                     {"s_van": 0.3},
                 )
             )
-        return [out for _ in expressions]
+        return Prediction([out for _ in expressions], pipeline, self.resolve_config(pipeline, config), "tiny")
 
     def prepare(self, image, *, pipeline, config=None):
         self.prepared.append((image.sha256, pipeline))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from server.web.services.export import coco_export, refer_export_zip, sentence_tokens
+from server.web.services.export import coco_export, refer_export_zip
+from workers.engine.data.refer_format import sentence_tokens
 
 
 def _coco_from(data: dict, tmp_path) -> COCO:
@@ -64,7 +65,7 @@ def test_latest_review_wins(reviewed_project, user):
 
 
 def test_refer_zip_is_read_by_the_benchmark_reader(reviewed_project, tmp_path):
-    from workers.engine.refer import ReferDataset, load_refs_pickle
+    from workers.engine.data.refer import ReferDataset, load_refs_pickle
 
     archive = refer_export_zip(project=reviewed_project["project"], dataset="refcoco", split="val")
     with zipfile.ZipFile(archive) as zf:
@@ -132,7 +133,7 @@ def test_refer_export_reencodes_rotated_images_upright(user, project, tmp_path):
     mask[5:9, 3:20] = True
     review_create(expression=expression, decision="corrected", reviewer=user, rle=rle_from_mask(mask))
 
-    from workers.engine.refer import ReferDataset
+    from workers.engine.data.refer import ReferDataset
 
     with zipfile.ZipFile(refer_export_zip(project=project)) as zf:
         zf.extractall(tmp_path / "d")

@@ -116,7 +116,7 @@ def test_refine_flow_stores_and_serves_the_mask(web_client, refine_setup, django
 
 
 def test_refine_engine_error_is_stored_in_words(web_client, refine_setup, django_capture_on_commit_callbacks):
-    from workers.engine.errors import BadInputError
+    from workers.engine.core.errors import BadInputError
 
     refine_setup["engine"].fail = BadInputError("a refine prompt needs at least one point or a box")
     with django_capture_on_commit_callbacks(execute=True):

@@ -1,4 +1,5 @@
-"""``ModelHub``: models stay loaded in a worker and are evicted least-recently-used under a memory budget.
+"""``ModelHub``: models stay loaded in a worker, evicted least-recently-used under a memory budget, together
+with every wrapper built on them.
 
 ``hub.get(name)`` returns the model (``Sam`` module, ``ClipBundle``, a generative bundle, a spaCy
 pipeline) built by the store's loader after its checksums are verified, on the hub's device. A model
@@ -6,6 +7,15 @@ already loaded is returned as is (no reload, no re-hash). When the loaded models
 bytes exceed ``memory_budget_mb``, the least recently used ones are dropped (never the one just asked
 for, so a single model larger than the budget still loads). Loads are serialised by one lock: two
 threads asking for the same model get the same object, built once.
+
+Wrappers (a CLIP feature extractor, a captioner, a prompt refiner, ...) are owned by the hub too:
+``hub.wrapper(name, kind, build, key=...)`` builds ``build(model)`` once per (model, kind, key) and keeps it
+while the model stays loaded; evicting the model drops its wrappers with it, so nothing built on an evicted
+model keeps its memory alive. Wrappers hold no meter: they record into the active one
+(``workers.engine.core.meter.current_meter``).
+
+``hub.fingerprint(name)`` is a short hash of the model's stored files (sha256 per file), so per-image cache
+keys change when the weights change (re-made tiny models, a re-fetched checkpoint).
 """
 
 from __future__ import annotations
@@ -15,16 +25,21 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from workers.engine.store.loaders import load_model, resolve_device
+from workers.engine.core.cache import config_hash
+from workers.engine.core.device import resolve_device
+from workers.engine.core.errors import ModelStoreError
+from workers.engine.store.loaders.registry import load_model
 from workers.engine.store.manifest import ModelStore
 
 log = logging.getLogger(__name__)
+
+W = TypeVar("W")
 
 
 def _modules_in(obj: Any) -> Iterable[torch.nn.Module]:
@@ -82,6 +97,7 @@ class ModelHub:
         self.load_counts: Counter[str] = Counter()
         self.load_seconds: dict[str, float] = {}
         self._models: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._wrappers: dict[tuple[str, str, str], Any] = {}
         self._lock = threading.RLock()
 
     def get(self, name: str) -> Any:
@@ -107,13 +123,53 @@ class ModelHub:
             victim = next((n for n in self._models if n != keep), None)
             if victim is None:
                 break
-            self._models.pop(victim)
+            self._drop(victim)
             evicted = True
             log.info("evicted model %s (memory budget %.0f MB)", victim, self.memory_budget_bytes / 2**20)
         if evicted:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _drop(self, name: str) -> bool:
+        """Forget model ``name`` and every wrapper built on it (the caller holds the lock)."""
+        dropped = self._models.pop(name, None) is not None
+        for key in [k for k in self._wrappers if k[0] == name]:
+            del self._wrappers[key]
+        return dropped
+
+    def wrapper(self, name: str, kind: str, build: Callable[[Any], W], key: Any = None) -> W:
+        """The wrapper of ``kind`` built by ``build(model)`` on model ``name``, once per (name, kind, key).
+
+        Args:
+            name: store name of the model (loaded on first use, like :meth:`get`).
+            kind: what the wrapper is (``"clip_features"``, ``"captioner"``, ``"refiner"``, ...).
+            build: makes the wrapper from the loaded model; it must hold no meter of its own.
+            key: JSON-able settings the wrapper depends on (``None``: one wrapper per model and kind).
+
+        The wrapper lives as long as the model stays loaded; evicting the model drops it.
+        """
+        with self._lock:
+            model = self.get(name)
+            wrapper_key = (name, kind, config_hash({"key": key}))
+            wrapper = self._wrappers.get(wrapper_key)
+            if wrapper is None:
+                wrapper = self._wrappers[wrapper_key] = build(model)
+            return wrapper
+
+    def wrappers(self, name: str) -> list[Any]:
+        """The wrappers currently built on model ``name``."""
+        with self._lock:
+            return [w for k, w in self._wrappers.items() if k[0] == name]
+
+    def fingerprint(self, name: str) -> str:
+        """A short hash of model ``name``'s stored files (its name alone for a model the store does not know)."""
+        store = getattr(self, "store", None)
+        try:
+            files = store.entry(name).files if store is not None else None
+        except ModelStoreError:
+            files = None
+        return name if files is None else config_hash({"name": name, "files": dict(files)})
 
     def is_loaded(self, name: str) -> bool:
         with self._lock:
@@ -132,7 +188,7 @@ class ModelHub:
     def evict(self, name: str) -> bool:
         """Drop ``name`` if loaded; returns whether it was."""
         with self._lock:
-            dropped = self._models.pop(name, None) is not None
+            dropped = self._drop(name)
         if dropped:
             gc.collect()
         return dropped
@@ -141,6 +197,7 @@ class ModelHub:
         """Drop every loaded model."""
         with self._lock:
             self._models.clear()
+            self._wrappers.clear()
         gc.collect()
 
     def stats(self) -> dict[str, Any]:

@@ -1,164 +1,114 @@
-"""The engine's entry point: ``Engine`` (one per worker process, see ``get_engine``).
+"""The engine's facade: ``Engine.prepare / predict / refine`` (one engine per worker process, ``get_engine``).
 
-It owns the pieces that live as long as the process:
+An engine owns what lives as long as the process:
 
-- the model store and the ``ModelHub`` (models stay loaded, LRU-evicted under ``model_memory_budget_mb``);
-- the per-image ``FeatureCache`` (memory LRU under ``cache_memory_mb`` plus ``cache_dir`` on disk), shared
-  by every pipeline, so a second expression on an image, or a job after ``prepare``, does no image work;
+- the model store and the :class:`~workers.engine.hub.ModelHub` (models and the wrappers built on them stay
+  loaded, LRU-evicted together under ``model_memory_budget_mb``);
+- the per-image ``FeatureCache`` (memory LRU under ``cache_memory_mb`` plus ``cache_dir`` on disk), shared by
+  every pipeline, so a second expression on an image, or a job after ``prepare``, does no image work;
 - the ``Meter`` of model calls and seconds (job timings, benchmark costs);
-- built pipelines, memoised by (name, resolved config).
+- built pipelines, memoised by (name, resolved config); they hold no model.
 
-Profiles: ``"tiny"`` uses the random tiny stand-ins for every model but SAM (MobileSAM's real weights
-propose masks), ``"paper"`` the papers' models (CLIP ViT-B/32 and ViT-B/16, SAM ViT-H). A job's config
-overrides the profile's defaults key by key; ``resolve_config`` returns the full config the job records.
+Configs are resolved once, here: a job's overrides over the profile's defaults (the pipeline catalogue's
+:meth:`~workers.engine.methods.catalogue.PipelineEntry.resolve`). :meth:`Engine.predict` returns the
+candidates together with the resolved config (:class:`Prediction`), so the job and the benchmark record what
+actually ran.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workers.engine.cache import FeatureCache, config_hash
-from workers.engine.errors import BadInputError, ConfigError
+from workers.engine.blocks.masks import decode_rle_one, encode_rle_one
+from workers.engine.blocks.proposals.refine import ImageEmbedding, PromptRefiner
+from workers.engine.core.cache import FeatureCache, ImageContext, cache_params
+from workers.engine.core.config import config_hash
+from workers.engine.core.errors import BadInputError
+from workers.engine.core.meter import Meter
+from workers.engine.core.settings import EngineSettings
+from workers.engine.core.types import Candidate, ImageInput
 from workers.engine.hub import ModelHub
-from workers.engine.masks import decode_rle_one, encode_rle_one
-from workers.engine.meter import Meter
-from workers.engine.pipelines import ImageContext, Pipeline, list_pipelines, model_for_profile, resolve_config
-from workers.engine.pipelines.registry import PROFILES
-from workers.engine.pipelines.shared import model_fingerprint
-from workers.engine.proposals import ImageEmbedding, PromptRefiner
-from workers.engine.store import ModelStore
-from workers.engine.types import Candidate, ImageInput
+from workers.engine.methods.base import Pipeline
+from workers.engine.methods.catalogue import pipeline_entry, pipeline_names
+from workers.engine.methods.registry import pipeline_class
+from workers.engine.store.catalogue import model_for_profile
+from workers.engine.store.manifest import ModelStore
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MAX_BUILT_PIPELINES = 16
 
-
-def _env_path(environ: Mapping[str, str], name: str, default: Path) -> Path | None:
-    raw = environ.get(name)
-    if raw is None:
-        return default
-    if raw.strip().lower() in ("", "none", "off"):
-        return None
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from exc
-    if value <= 0:
-        raise ConfigError(f"environment variable {name} must be positive, got {value}")
-    return value
+#: The SAM model that answers refine clicks, before the profile maps it to its stand-in.
+REFINE_MODEL = "sam_vit_h"
 
 
 @dataclass(frozen=True)
-class EngineSettings:
-    """How an engine is set up.
+class Prediction:
+    """What :meth:`Engine.predict` returns.
 
     Attributes:
-        model_dir: the model store (``$RIS_MODEL_DIR``).
-        cache_dir: the on-disk per-image cache, ``None`` for memory only (``$RIS_CACHE_DIR``).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (``$RIS_DEVICE``).
-        profile: ``"tiny"`` or ``"paper"`` (``$RIS_MODEL_PROFILE``).
-        model_memory_budget_mb: loaded models' parameter bytes cap (``$RIS_MODEL_MEMORY_MB``).
-        cache_memory_mb: the in-memory cache's cap (``$RIS_CACHE_MEMORY_MB``).
+        candidates: one ranked list per expression (best first, at most ``top_k`` each; ``[]`` when the image
+            has no proposal).
+        pipeline: the pipeline's name.
+        config: the full JSON-able config that ran (profile defaults + the caller's overrides).
+        profile: the model profile of the engine.
     """
 
-    model_dir: Path
-    cache_dir: Path | None
-    device: str = "auto"
-    profile: str = "tiny"
-    model_memory_budget_mb: int = 8192
-    cache_memory_mb: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ConfigError(f"model profile {self.profile!r} is not one of {', '.join(PROFILES)}")
-        if self.model_memory_budget_mb <= 0 or self.cache_memory_mb < 0:
-            raise ConfigError("model_memory_budget_mb must be > 0 and cache_memory_mb >= 0")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> EngineSettings:
-        """Settings from ``RIS_MODEL_DIR``, ``RIS_CACHE_DIR`` (empty or ``none``: memory only), ``RIS_DEVICE``,
-        ``RIS_MODEL_PROFILE``, ``RIS_MODEL_MEMORY_MB`` and ``RIS_CACHE_MEMORY_MB``; relative paths are taken
-        from the project root, defaults under ``$RIS_VAR_DIR`` (``var/``)."""
-        env = os.environ if environ is None else environ
-        var_dir = _env_path(env, "RIS_VAR_DIR", PROJECT_ROOT / "var") or PROJECT_ROOT / "var"
-        model_dir = _env_path(env, "RIS_MODEL_DIR", var_dir / "models")
-        if model_dir is None:
-            raise ConfigError("RIS_MODEL_DIR must name a folder")
-        return cls(
-            model_dir=model_dir,
-            cache_dir=_env_path(env, "RIS_CACHE_DIR", var_dir / "cache"),
-            device=env.get("RIS_DEVICE", "auto") or "auto",
-            profile=env.get("RIS_MODEL_PROFILE", "tiny") or "tiny",
-            model_memory_budget_mb=_env_int(env, "RIS_MODEL_MEMORY_MB", 8192),
-            cache_memory_mb=_env_int(env, "RIS_CACHE_MEMORY_MB", 1024),
-        )
+    candidates: list[list[Candidate]]
+    pipeline: str
+    config: dict[str, Any]
+    profile: str
 
 
 class Engine:
-    """Ranks masks for expressions with any registered pipeline; see the module docstring.
+    """Ranks masks for expressions with any catalogued pipeline; see the module docstring.
 
-    Attributes:
-        settings: the :class:`EngineSettings`.
-        store, hub: the model store and the loaded-model hub.
-        cache: the per-image cache.
-        meter: model calls and seconds per stage and per model.
+    Args:
+        settings: the :class:`~workers.engine.core.settings.EngineSettings` (from Django's ``RIS_ENGINE`` or
+            ``EngineSettings.from_env()``).
+        hub: a hub to use instead of building one over ``settings.model_dir`` (tests).
     """
 
-    def __init__(self, settings: EngineSettings, *, hub: Any | None = None) -> None:
+    def __init__(self, settings: EngineSettings, *, hub: ModelHub | None = None) -> None:
         self.settings = settings
         self.meter = Meter()
         self.store = ModelStore(settings.model_dir)
-        self.hub = (
-            hub
-            if hub is not None
-            else ModelHub(
-                self.store, device=settings.device, memory_budget_mb=settings.model_memory_budget_mb
-            )
+        self.hub = hub or ModelHub(
+            self.store, device=settings.device, memory_budget_mb=settings.model_memory_budget_mb
         )
         self.cache = FeatureCache(memory_bytes=settings.cache_memory_mb << 20, cache_dir=settings.cache_dir)
         self._pipelines: OrderedDict[tuple[str, str], Pipeline] = OrderedDict()
-        self._refiners: dict[str, PromptRefiner] = {}
         self._lock = threading.RLock()
         self._refine_lock = threading.Lock()
 
     # -- pipelines ----------------------------------------------------------------------------------
     def pipelines(self) -> list[str]:
-        """Names of every registered pipeline."""
-        return list_pipelines()
+        """Names of every catalogued pipeline."""
+        return pipeline_names()
 
     def resolve_config(self, pipeline: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The full JSON-able config: the paper's defaults, the profile's model names, then ``overrides``.
+        """The full JSON-able config: the pipeline's defaults, the profile's models, then ``overrides``.
 
-        Raises ``UnknownPipelineError`` or ``ConfigError`` (naming the key).
+        Raises:
+            UnknownPipelineError: no such pipeline.
+            ConfigError: an unknown key, a wrong type or a value out of bounds (naming the dotted key).
         """
-        return resolve_config(pipeline, overrides, self.settings.profile).to_dict()
+        return pipeline_entry(pipeline).resolve(overrides, self.settings.profile).to_dict()
 
     def pipeline(self, name: str, config: Mapping[str, Any] | None = None) -> Pipeline:
         """The built pipeline for ``name`` and ``config`` (overrides of the profile defaults), memoised."""
-        resolved = resolve_config(name, config, self.settings.profile)
+        resolved = pipeline_entry(name).resolve(config, self.settings.profile)
         key = (name, config_hash(resolved.to_dict()))
         with self._lock:
             built = self._pipelines.get(key)
             if built is None:
-                from workers.engine.pipelines import pipeline_class
-
-                built = pipeline_class(name)(resolved, hub=self.hub, cache=self.cache, meter=self.meter)
+                built = pipeline_class(name)(
+                    resolved, hub=self.hub, cache=self.cache, meter=self.meter, name=name
+                )
                 self._pipelines[key] = built
                 while len(self._pipelines) > _MAX_BUILT_PIPELINES:
                     self._pipelines.popitem(last=False)
@@ -167,6 +117,7 @@ class Engine:
             return built
 
     def context(self, image: ImageInput) -> ImageContext:
+        """An :class:`ImageContext` on the engine's cache and meter."""
         if not isinstance(image, ImageInput):
             raise BadInputError(f"the engine needs an ImageInput, got {type(image).__name__}")
         return ImageContext(image=image, cache=self.cache, meter=self.meter)
@@ -179,8 +130,13 @@ class Engine:
         pipeline: str,
         config: Mapping[str, Any] | None = None,
         top_k: int | None = None,
-    ) -> list[list[Candidate]]:
-        """One ranked candidate list per expression (at most ``top_k`` each); ``[]`` where no proposal exists."""
+    ) -> Prediction:
+        """Rank ``image``'s masks for each expression with ``pipeline`` under ``config`` (overrides).
+
+        Raises:
+            BadInputError: a single string instead of a list, an empty expression, or ``top_k < 1``.
+            UnknownPipelineError, ConfigError: as :meth:`resolve_config`.
+        """
         if isinstance(expressions, str) or not isinstance(expressions, Sequence):
             raise BadInputError("expressions must be a list of strings, not a single string")
         if top_k is not None and top_k < 1:
@@ -191,7 +147,7 @@ class Engine:
             results = built.predict(ctx, list(expressions))
         if top_k is not None:
             results = [ranked[:top_k] for ranked in results]
-        return results
+        return Prediction(results, pipeline, built.config.to_dict(), self.settings.profile)
 
     def prepare(self, image: ImageInput, *, pipeline: str, config: Mapping[str, Any] | None = None) -> None:
         """Do ``pipeline``'s image-level work into the cache, so a later ``predict`` does none."""
@@ -202,15 +158,25 @@ class Engine:
 
     # -- refine -------------------------------------------------------------------------------------
     def refine_model(self) -> str:
-        """The SAM model answering refine prompts: the profile's default proposal model."""
-        return model_for_profile("sam_vit_h", self.settings.profile)
+        """The SAM model answering refine prompts: the profile's stand-in for SAM ViT-H."""
+        return model_for_profile(REFINE_MODEL, self.settings.profile)
+
+    def image_embedding(self, ctx: ImageContext, sam_name: str) -> ImageEmbedding:
+        """SAM model ``sam_name``'s embedding of ``ctx``'s image, computed once per image and kept in the cache."""
+        refiner = self._refiner(sam_name)
+
+        def embed() -> dict[str, Any]:
+            with self.meter.model_call(f"{sam_name}:encoder"):
+                embedding = refiner.set_image(ctx.rgb)
+            return embedding.to_state()
+
+        state = ctx.cached(
+            "sam_embedding", cache_params(models={"sam": self.hub.fingerprint(sam_name)}), embed
+        )
+        return ImageEmbedding.from_state(state)
 
     def _refiner(self, sam_name: str) -> PromptRefiner:
-        sam = self.hub.get(sam_name)
-        refiner = self._refiners.get(sam_name)
-        if refiner is None or refiner.sam is not sam:  # first use, or the hub reloaded the model
-            refiner = self._refiners[sam_name] = PromptRefiner(sam)
-        return refiner
+        return self.hub.wrapper(sam_name, "refiner", PromptRefiner)
 
     def refine(
         self,
@@ -222,10 +188,13 @@ class Engine:
         mask_rle: dict | None = None,
         sam_model: str | None = None,
     ) -> dict:
-        """SAM's mask for clicks (label 1 adds, 0 removes), an optional box and an optional previous mask.
+        """SAM's mask for clicks (label 1 adds, 0 removes), an optional ``xyxy`` box and an optional previous mask.
 
         The image is embedded once per (image, SAM model) and the embedding cached like other image work.
         Returns the mask as COCO RLE (``counts`` as ``str``).
+
+        Raises:
+            BadInputError: prompts off the image, a mask of another size, no point and no box.
         """
         ctx = self.context(image)
         sam_name = sam_model or self.refine_model()
@@ -237,27 +206,9 @@ class Engine:
                     f"the mask to refine is {previous.shape[0]} x {previous.shape[1]}, "
                     f"the image {image.height} x {image.width}"
                 )
-        with self._refine_lock, self.meter.stage("refine"):
+        with self._refine_lock, self.meter.stage("refine"), self.meter.active():
             refiner = self._refiner(sam_name)
-
-            def embed() -> dict[str, Any]:
-                with self.meter.model_call(f"{sam_name}:encoder"):
-                    embedding = refiner.set_image(image.rgb)
-                return {
-                    "features": embedding.features.detach().cpu(),
-                    "original_size": tuple(embedding.original_size),
-                    "input_size": tuple(embedding.input_size),
-                }
-
-            params = {"model": model_fingerprint(self.hub, sam_name)}
-            state = ctx.cached("sam_embedding", params, embed)
-            refiner.set_embedding(
-                ImageEmbedding(
-                    features=state["features"],
-                    original_size=tuple(int(s) for s in state["original_size"]),
-                    input_size=tuple(int(s) for s in state["input_size"]),
-                )
-            )
+            refiner.set_embedding(self.image_embedding(ctx, sam_name))
             with self.meter.model_call(f"{sam_name}:decoder"):
                 mask, _score = refiner.refine(points_xy, labels, box_xyxy, previous)
         return encode_rle_one(np.asarray(mask, dtype=bool))
@@ -267,13 +218,14 @@ _ENGINE: Engine | None = None
 _ENGINE_LOCK = threading.Lock()
 
 
-def get_engine() -> Engine:
-    """The process's engine, built on first call from ``EngineSettings.from_env()``."""
+def get_engine(settings: EngineSettings | None = None) -> Engine:
+    """The process's engine, built on first call from ``settings`` (default ``EngineSettings.from_env()``;
+    a worker passes Django's ``settings.RIS_ENGINE``, the same object)."""
     global _ENGINE
     if _ENGINE is None:
         with _ENGINE_LOCK:
             if _ENGINE is None:
-                _ENGINE = Engine(EngineSettings.from_env())
+                _ENGINE = Engine(settings or EngineSettings.from_env())
     return _ENGINE
 
 

@@ -184,4 +184,6 @@ class ExpressionOut(serializers.Serializer):
 
 class PipelineOut(serializers.Serializer):
     name = serializers.CharField()
+    title = serializers.CharField()
+    paper = serializers.CharField()
     description = serializers.CharField()

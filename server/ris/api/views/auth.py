@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -12,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from server.ris.api.serializers import ErrorOut, PipelineOut, TokenInput, TokenOut
+from workers.engine.methods.catalogue import pipeline_catalogue
 
 
 class AuthTokenObtainApi(APIView):
@@ -29,9 +29,9 @@ class AuthTokenObtainApi(APIView):
 
 
 class PipelineListApi(APIView):
-    """Pipelines a job may use (read from settings; the web process never loads the engine)."""
+    """Pipelines a job may use, from the torch-free pipeline catalogue (the web process never loads the engine)."""
 
     @extend_schema(responses={200: PipelineOut(many=True)})
     def get(self, request: Request) -> Response:
-        items = [{"name": name, "description": text} for name, text in settings.RIS_PIPELINES.items()]
-        return Response(PipelineOut(items, many=True).data)
+        items = [entry.to_json() for entry in pipeline_catalogue().values()]
+        return Response(PipelineOut(sorted(items, key=lambda item: item["name"]), many=True).data)

@@ -15,10 +15,8 @@ with ``summary.md``, ``summary.json`` and ``figure.png`` in ``OUT`` and the run 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,35 +28,13 @@ SHARD_TASK = "workers.benchmark_tasks.run_benchmark_shard"
 
 
 def build_engine(device: str | None) -> Any:
-    """The engine of a single-process run (``RIS_*`` settings; ``device`` overrides ``RIS_DEVICE``)."""
-    from workers.engine.runtime import Engine, EngineSettings
+    """The engine of a single-process run (Django's ``RIS_ENGINE`` settings; ``device`` overrides its device)."""
+    from workers.engine.runtime import Engine
 
-    engine_settings = EngineSettings.from_env()
+    engine_settings = settings.RIS_ENGINE
     if device:
-        engine_settings = dataclasses.replace(engine_settings, device=device)
+        engine_settings = engine_settings.replace(device=device)
     return Engine(engine_settings)
-
-
-def _resolve_configs(engine: Any, pipelines: Sequence[str], overrides: dict[str, dict]) -> dict[str, dict]:
-    """Full configs per pipeline (defaults + overrides) where the engine can say them; checks names early."""
-    known = engine.pipelines() if hasattr(engine, "pipelines") else None
-    unknown = [p for p in pipelines if known is not None and p not in known]
-    if unknown:
-        raise CommandError(f"unknown pipeline(s) {', '.join(unknown)}; the engine offers: {', '.join(known)}")
-    if not hasattr(engine, "resolve_config"):
-        return {p: dict(overrides.get(p, {})) for p in pipelines}
-    return {p: engine.resolve_config(p, overrides.get(p) or None) for p in pipelines}
-
-
-def _resolve_configs_offline(pipelines: Sequence[str], overrides: dict[str, dict]) -> dict[str, dict]:
-    """Full configs from the pipeline registry and ``RIS_MODEL_PROFILE`` without loading any model (the
-    workers of a distributed run load them); checks pipeline names and config keys before anything is sent."""
-    import os
-
-    from workers.engine.pipelines import resolve_config
-
-    profile = os.environ.get("RIS_MODEL_PROFILE", "tiny") or "tiny"
-    return {p: resolve_config(p, overrides.get(p) or None, profile).to_dict() for p in pipelines}
 
 
 class Command(BaseCommand):
@@ -132,18 +108,28 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         from server.benchmarks import services
         from server.benchmarks.models import BenchmarkRun
-        from workers.engine.benchmark import BenchmarkSpec, RunFolder, RunFolderError, parse_config_overrides
-        from workers.engine.errors import EngineError
-        from workers.engine.refer import DatasetError, default_split_by
+        from workers.engine.core.errors import EngineError
+        from workers.engine.data.benchmark.report import parse_config_overrides
+        from workers.engine.data.benchmark.session import BenchmarkSession, IncompleteRunError
+        from workers.engine.data.benchmark.spec import BenchmarkSpec, RunFolderError
+        from workers.engine.data.refer import DatasetError, default_split_by
+        from workers.engine.methods.catalogue import pipeline_names, resolve_config
 
         pipelines = list(dict.fromkeys(opts["pipelines"]))
         if opts["limit"] is not None and opts["limit"] < 1:
             raise CommandError(f"--limit must be at least 1, got {opts['limit']}")
         if opts["shard_images"] < 1:
             raise CommandError(f"--shard-images must be at least 1, got {opts['shard_images']}")
+        unknown = [p for p in pipelines if p not in pipeline_names()]
+        if unknown:
+            raise CommandError(
+                f"unknown pipeline(s) {', '.join(unknown)}; the catalogue offers: {', '.join(pipeline_names())}"
+            )
         try:
             overrides = parse_config_overrides(opts["config_items"], pipelines)
-        except ValueError as exc:
+            for pipeline in pipelines:  # refuse a bad key before any model loads or any shard is sent
+                resolve_config(pipeline, overrides.get(pipeline) or None, settings.RIS_ENGINE.profile)
+        except (ValueError, EngineError) as exc:
             raise CommandError(str(exc)) from exc
         spec = BenchmarkSpec(
             dataset=opts["dataset"],
@@ -158,24 +144,13 @@ class Command(BaseCommand):
             skip_missing=opts["skip_missing"],
             text_field=opts["text_field"],
         )
-        try:
-            dataset = spec.open_dataset()
-        except DatasetError as exc:
-            raise CommandError(str(exc)) from exc
-        groups = dataset.images(limit=spec.limit)
-        n_sentences = sum(len(g.sentences) for g in groups)
-        if n_sentences == 0:
-            raise CommandError(
-                f"{spec.dataset} ({spec.split_by}) {spec.split} has no sentences in {dataset.refs_path}"
-            )
-
         out = opts["out"] or Path(settings.VAR_DIR) / "benchmarks" / (
             f"{spec.dataset}-{spec.split_by}-{spec.split}-{datetime.now():%Y%m%d-%H%M%S}"
         )
-        folder = RunFolder(out)
         try:
-            meta = folder.start(spec, resume=opts["resume"], distributed=opts["distributed"])
-        except RunFolderError as exc:
+            session = BenchmarkSession(spec, out)
+            meta = session.start(resume=opts["resume"], distributed=opts["distributed"])
+        except (DatasetError, RunFolderError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
 
         run = BenchmarkRun.objects.filter(pk=meta.get("db_run_id")).first() if meta.get("db_run_id") else None
@@ -189,23 +164,31 @@ class Command(BaseCommand):
                 out_dir=str(out),
             )
             meta["db_run_id"] = run.pk
-            folder.write_meta(meta)
+            session.folder.write_meta(meta)
         self.stdout.write(
-            f"Benchmark run #{run.pk}: {spec.dataset} ({spec.split_by}) {spec.split}, {len(groups)} images, "
-            f"{n_sentences} sentences, pipelines {', '.join(pipelines)} -> {out}"
+            f"Benchmark run #{run.pk}: {spec.dataset} ({spec.split_by}) {spec.split}, {session.n_images} images, "
+            f"{session.n_sentences} sentences, pipelines {', '.join(pipelines)} -> {out}"
         )
         try:
             if opts["distributed"]:
-                resolved = _resolve_configs_offline(pipelines, overrides)
-                self._run_distributed(run, groups, n_sentences * len(pipelines), opts)
-                records = self._merge_from_db(run, folder)
+                configs = self._run_distributed(run, session, opts)
+                records = self._merge_from_db(run, session)
             else:
                 engine = build_engine(opts["device"])
-                resolved = _resolve_configs(engine, pipelines, overrides)
-                self._run_local(dataset, groups, engine, spec, folder, n_sentences * len(pipelines), opts)
-                records = folder.results.read()
+                configs = self._run_local(session, engine, opts)
+                records = session.folder.results.read()
                 services.sentence_results_store(run=run, records=[r.to_json() for r in records])
-            self._finish(run, spec, dataset, groups, records, resolved, folder, out)
+            report = session.finish(records, configs, {"db_run_id": run.pk, "distributed": run.distributed})
+            services.run_finish(
+                run=run,
+                summary=report.summary,
+                configs=configs,
+                n_images=session.n_images,
+                n_sentences=session.n_sentences,
+                missing_images=report.missing_images,
+                summary_markdown=report.markdown,
+                figure_png=report.paths["figure"].read_bytes(),
+            )
         except KeyboardInterrupt:
             services.run_set_state(
                 run=run,
@@ -214,7 +197,7 @@ class Command(BaseCommand):
             )
             resume = " ".join(a for a in sys.argv[1:] if a != "--resume")
             self.stderr.write(
-                f"\nInterrupted. Results so far are in {folder.results.path}"
+                f"\nInterrupted. Results so far are in {session.folder.results.path}"
                 + (" and the shards already sent keep running on the workers" if opts["distributed"] else "")
                 + f". Continue with: python manage.py {resume} --resume"
             )
@@ -226,9 +209,14 @@ class Command(BaseCommand):
             services.run_set_state(
                 run=run, state=BenchmarkRun.State.FAILED, error=f"{type(exc).__name__}: {exc}"
             )
-            if isinstance(exc, DatasetError | ValueError | EngineError):
+            if isinstance(exc, DatasetError | ValueError | EngineError | IncompleteRunError):
                 raise CommandError(str(exc)) from exc
             raise
+        self.stdout.write(report.markdown)
+        self.stdout.write(
+            f"Wrote {report.paths['markdown']}, {report.paths['json']}, {report.paths['figure']} and "
+            f"{session.folder.results.path}; stored as run #{run.pk} (page /benchmarks/{run.pk}/)."
+        )
 
     # -------------------------------------------------------------------------------------------------
     def _progress(self, total: int, initial: int, opts: dict[str, Any], desc: str) -> Any:
@@ -245,42 +233,24 @@ class Command(BaseCommand):
             smoothing=0.1,
         )
 
-    def _run_local(
-        self, dataset: Any, groups: list, engine: Any, spec: Any, folder: Any, total: int, opts: dict
-    ) -> None:
-        from workers.engine.benchmark import run_groups
+    def _run_local(self, session: Any, engine: Any, opts: dict) -> dict[str, dict]:
+        """Run in this process; the configs each pipeline ran."""
+        from workers.engine.data.refer import MissingImageError
 
-        wanted = {s.sent_id for g in groups for s in g.sentences}
-        done: dict[str, set[int]] = {}
-        for record in folder.results.read():
-            if record.sent_id in wanted:
-                done.setdefault(record.pipeline, set()).add(record.sent_id)
-        initial = sum(len(v) for v in done.values())
+        initial = sum(len(v) for v in session.done().values())
         if initial:
             self.stdout.write(
-                f"Resuming: {initial} of {total} sentence results already in {folder.results.path}"
+                f"Resuming: {initial} of {session.total} sentence results already in {session.folder.results.path}"
             )
-        with self._progress(total, initial, opts, "benchmark") as bar:
+        with self._progress(session.total, initial, opts, "benchmark") as bar:
             try:
-                run_groups(
-                    dataset,
-                    groups,
-                    engine,
-                    spec.pipelines,
-                    configs=spec.configs,
-                    done=done,
-                    skip_missing=spec.skip_missing,
-                    on_results=folder.results.append,
-                    on_progress=bar.update,
-                )
-            except Exception as exc:
-                from workers.engine.refer import MissingImageError
+                outcome = session.run_local(engine, on_progress=bar.update)
+            except MissingImageError as exc:
+                raise CommandError(str(exc)) from exc
+        return outcome.configs
 
-                if isinstance(exc, MissingImageError):
-                    raise CommandError(str(exc)) from exc
-                raise
-
-    def _run_distributed(self, run: Any, groups: list, total: int, opts: dict) -> None:
+    def _run_distributed(self, run: Any, session: Any, opts: dict) -> dict[str, dict]:
+        """Send the shards, wait for the workers; the configs the workers ran (one per pipeline)."""
         from server.benchmarks import selectors, services
         from workers.celery_app import app
 
@@ -288,6 +258,7 @@ class Command(BaseCommand):
             self.stderr.write(
                 "Note: with --distributed each worker uses its own RIS_DEVICE; --device is ignored."
             )
+        groups = session.groups
         if run.shards.exists():
             shards = services.shards_requeue(run=run)
         else:
@@ -308,7 +279,7 @@ class Command(BaseCommand):
         started = time.monotonic()
         n_shards = run.shards.count()
         with self._progress(
-            total, selectors.sentence_results_count(run=run), opts, "benchmark (distributed)"
+            session.total, selectors.sentence_results_count(run=run), opts, "benchmark (distributed)"
         ) as bar:
             while True:
                 count = selectors.sentence_results_count(run=run)
@@ -325,73 +296,20 @@ class Command(BaseCommand):
                         f"({states['queued']} queued, {states['running']} running); is a worker consuming {queue!r}?"
                     )
                 time.sleep(opts["poll"])
+        configs = selectors.shard_configs(run=run)
+        for pipeline in session.spec.pipelines:
+            if pipeline not in configs:  # every shard found its sentences done: nothing ran this time
+                from workers.engine.methods.catalogue import resolve_config
 
-    def _merge_from_db(self, run: Any, folder: Any) -> list:
+                configs[pipeline] = resolve_config(
+                    pipeline, session.spec.configs.get(pipeline) or None, settings.RIS_ENGINE.profile
+                ).to_dict()
+        return configs
+
+    def _merge_from_db(self, run: Any, session: Any) -> list:
         from server.benchmarks import selectors
-        from workers.engine.benchmark import SentenceResult
+        from workers.engine.data.benchmark.results import SentenceResult
 
         records = [SentenceResult.from_json(r) for r in selectors.sentence_results_records(run=run)]
-        folder.results.rewrite(records)
+        session.merge(records)
         return records
-
-    def _finish(
-        self,
-        run: Any,
-        spec: Any,
-        dataset: Any,
-        groups: list,
-        records: list,
-        resolved: dict,
-        folder: Any,
-        out: Path,
-    ) -> None:
-        from server.benchmarks import services
-        from workers.engine.benchmark import summarize_results, write_report
-
-        wanted = {s.sent_id for g in groups for s in g.sentences}
-        records = [r for r in records if r.sent_id in wanted and r.pipeline in spec.pipelines]
-        expected = len(wanted) * len(spec.pipelines)
-        if len(records) != expected:
-            raise CommandError(
-                f"the run holds {len(records)} sentence results, {expected} expected; run again with --resume"
-            )
-        order = {p: i for i, p in enumerate(spec.pipelines)}
-        records.sort(key=lambda r: (order[r.pipeline], r.image_id, r.ref_id, r.sent_id))
-        missing: dict[int, dict[str, Any]] = {}
-        by_id = {g.image_id: g for g in groups}
-        for r in records:
-            if r.missing_image:
-                entry = missing.setdefault(
-                    r.image_id,
-                    {
-                        "image_id": r.image_id,
-                        "path": str(dataset.image_path(by_id[r.image_id])),
-                        "sent_ids": [],
-                    },
-                )
-                if r.sent_id not in entry["sent_ids"]:
-                    entry["sent_ids"].append(r.sent_id)
-        missing_list = [missing[k] for k in sorted(missing)]
-        summary = summarize_results(records, spec.pipelines)
-        run_info = {
-            **spec.to_json(),
-            "db_run_id": run.pk,
-            "distributed": run.distributed,
-            "resolved_configs": resolved,
-        }
-        paths = write_report(out, run_info, summary, missing_list)
-        services.run_finish(
-            run=run,
-            summary=summary,
-            configs=resolved,
-            n_images=len(groups),
-            n_sentences=len(wanted),
-            missing_images=missing_list,
-            summary_markdown=paths["markdown"].read_text(encoding="utf-8"),
-            figure_png=paths["figure"].read_bytes(),
-        )
-        self.stdout.write(paths["markdown"].read_text(encoding="utf-8"))
-        self.stdout.write(
-            f"Wrote {paths['markdown']}, {paths['json']}, {paths['figure']} and {folder.results.path}; "
-            f"stored as run #{run.pk} (page /benchmarks/{run.pk}/)."
-        )

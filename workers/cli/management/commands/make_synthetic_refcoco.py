@@ -26,7 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--height", type=int, default=96, help="image height in pixels (default 96)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        from workers.engine.synthetic_refer import write_synthetic_refcoco
+        from workers.engine.data.synthetic import write_synthetic_refcoco
 
         try:
             summary = write_synthetic_refcoco(

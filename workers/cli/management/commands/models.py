@@ -7,13 +7,12 @@
     models ensure                    what `make run` calls: MobileSAM + spaCy + tiny models, idempotent
     models verify [NAME ...]         check every recorded file against its sha256
 
-The store is ``settings.RIS_MODEL_DIR``. The engine is imported inside ``handle`` so that loading
+The store is ``settings.RIS_ENGINE.model_dir``. The engine is imported inside ``handle`` so that loading
 Django's command list never imports torch.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -58,10 +57,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from workers.engine.errors import EngineError
-        from workers.engine.store import ModelStore
+        from workers.engine.core.errors import EngineError
+        from workers.engine.store.manifest import ModelStore
 
-        store = ModelStore(Path(settings.RIS_MODEL_DIR))
+        store = ModelStore(settings.RIS_ENGINE.model_dir)
         action = options["action"]
         try:
             if action == "list":
@@ -78,7 +77,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
     def _list(self, store: Any) -> None:
-        from workers.engine.store import catalogue
+        from workers.engine.store.catalogue import catalogue
 
         rows = [("NAME", "FAMILY", "PROFILE", "STATUS", "SIZE")]
         known = catalogue()
@@ -95,7 +94,8 @@ class Command(BaseCommand):
             )
 
     def _fetch(self, store: Any, names: list[str], source_dir: str | None, force: bool) -> None:
-        from workers.engine.store import catalogue_entry, fetch
+        from workers.engine.store.catalogue import catalogue_entry
+        from workers.engine.store.fetch import fetch
 
         if source_dir is not None and len(names) != 1:
             raise CommandError("--from DIR takes exactly one model name")
@@ -109,7 +109,7 @@ class Command(BaseCommand):
             )
 
     def _make_tiny(self, store: Any, names: list[str] | None, force: bool) -> None:
-        from workers.engine.store import make_tiny, tiny_names
+        from workers.engine.store.tiny.writers import make_tiny, tiny_names
 
         if names:
             unknown = [n for n in names if n not in tiny_names()]
@@ -123,14 +123,14 @@ class Command(BaseCommand):
             self.stdout.write(f"{name}: {state}")
 
     def _ensure(self, store: Any) -> None:
-        from workers.engine.store import ensure
+        from workers.engine.store.ensure import ensure
 
         self.stdout.write(f"model store: {store.root}")
         for line in ensure(store):
             self.stdout.write(line)
 
     def _verify(self, store: Any, names: list[str]) -> None:
-        from workers.engine.errors import ModelStoreError
+        from workers.engine.core.errors import ModelStoreError
 
         names = names or store.names()
         if not names:

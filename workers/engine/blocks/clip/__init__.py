@@ -1,0 +1,1 @@
+"""CLIP through open_clip: one vision-tower adapter (``tower``) and the mask / text features built on it."""

@@ -1,0 +1,133 @@
+"""A meter of model calls and seconds, per stage and per model.
+
+Job timings (the worker) and cost columns (the benchmark) read it::
+
+    with meter.stage("proposals"):
+        ...
+    meter.count("clip_vit_b_16", n=3)          # three forward calls
+    with meter.model_call("sam_vit_b"):        # one call, timed
+        ...
+    meter.snapshot()  # {"stages": {"proposals": {"calls": 1, "seconds": 0.8}}, "models": {...}}
+
+Code that calls models but does not own a meter (the wrappers the model hub keeps, shared by every pipeline)
+records into the *active* meter, :func:`current_meter`: a pipeline activates its meter while it works
+(``with meter.active(): ...``), so a model call is counted where the work was asked for.
+
+The meter is shared by one engine, and its totals are guarded by a lock. To read the cost of one piece of
+work while other threads use the same meter, wrap it in :meth:`Meter.capture`: records made by this thread
+inside the block also go to the returned private meter.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass
+class _Tally:
+    calls: int = 0
+    seconds: float = 0.0
+
+
+class Meter:
+    """Counts calls and seconds per stage name and per model name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stages: dict[str, _Tally] = {}
+        self._models: dict[str, _Tally] = {}
+        self._local = threading.local()
+
+    # -- recording -------------------------------------------------------------------------------
+    def _targets(self) -> list[Meter]:
+        return [self, *getattr(self._local, "captures", [])]
+
+    def _record(self, table: str, name: str, calls: int, seconds: float) -> None:
+        for target in self._targets():
+            with target._lock:
+                tally = getattr(target, table).setdefault(name, _Tally())
+                tally.calls += calls
+                tally.seconds += seconds
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage; each entry adds one call and the elapsed seconds (also when it raises)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._record("_stages", name, 1, time.perf_counter() - start)
+
+    def count(self, model_name: str, n: int = 1) -> None:
+        """Add ``n`` calls of ``model_name`` (no seconds)."""
+        self._record("_models", model_name, n, 0.0)
+
+    @contextmanager
+    def model_call(self, model_name: str, n: int = 1) -> Iterator[None]:
+        """Add ``n`` calls of ``model_name`` and the seconds spent in the block."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._record("_models", model_name, n, time.perf_counter() - start)
+
+    @contextmanager
+    def capture(self) -> Iterator[Meter]:
+        """A private meter that also receives everything this thread records inside the block."""
+        private = Meter()
+        stack = getattr(self._local, "captures", None)
+        if stack is None:
+            stack = self._local.captures = []
+        stack.append(private)
+        try:
+            yield private
+        finally:
+            stack.remove(private)
+
+    @contextmanager
+    def active(self) -> Iterator[Meter]:
+        """Make this meter :func:`current_meter` for the block (in this thread / context)."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def calls(self, model_name: str) -> int:
+        """Calls counted for one model so far."""
+        with self._lock:
+            tally = self._models.get(model_name)
+            return tally.calls if tally else 0
+
+    def stage_calls(self, name: str) -> int:
+        with self._lock:
+            tally = self._stages.get(name)
+            return tally.calls if tally else 0
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, float]]]:
+        """JSON-ready copy: ``{"stages": {name: {"calls", "seconds"}}, "models": {name: {...}}}``."""
+        with self._lock:
+            return {
+                "stages": {k: {"calls": v.calls, "seconds": v.seconds} for k, v in self._stages.items()},
+                "models": {k: {"calls": v.calls, "seconds": v.seconds} for k, v in self._models.items()},
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self._stages.clear()
+            self._models.clear()
+
+
+_DISCARD = Meter()
+_ACTIVE: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("ris_active_meter", default=None)
+
+
+def current_meter() -> Meter:
+    """The meter activated by the innermost ``Meter.active()`` block; a throw-away meter outside any."""
+    return _ACTIVE.get() or _DISCARD

@@ -1,0 +1,1 @@
+"""Data: the REFER format (reader and writer), the synthetic set, metrics, and the benchmark."""
