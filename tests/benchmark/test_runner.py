@@ -23,7 +23,9 @@ from workers.engine.runtime import Prediction
 class NoProposalEngine(ColourOracleEngine):
     def predict(self, image, expressions, *, pipeline, config=None, top_k=None):  # type: ignore[override]
         self.calls.append((image.sha256, len(expressions), pipeline))
-        return Prediction([[] for _ in expressions], pipeline, self.resolve_config(pipeline, config), "oracle")
+        return Prediction(
+            [[] for _ in expressions], pipeline, self.resolve_config(pipeline, config), "oracle"
+        )
 
 
 def _run(ds: ReferDataset, engine, pipelines=("oracle",), **kwargs) -> list[SentenceResult]:

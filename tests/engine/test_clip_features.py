@@ -15,7 +15,7 @@ from tests.engine.ranking_fixtures import (
     tokenizer,
 )
 from workers.engine.blocks.clip.config import ClipFeatureConfig
-from workers.engine.blocks.clip.features import ClipFeatureExtractor, cosine_scores
+from workers.engine.blocks.clip.features import ClipFeatureExtractor
 from workers.engine.blocks.geometry import freesolo_box_xyxy, tight_box_xyxy
 from workers.engine.core.errors import BadInputError, ConfigError
 from workers.engine.core.meter import Meter
@@ -200,11 +200,3 @@ def test_text_features_are_cached_per_process(vit: torch.nn.Module) -> None:
     assert ex.meter.calls("tiny:text") == 1
     ex.encode_texts(["green car"])
     assert ex.meter.calls("tiny:text") == 2
-
-
-def test_cosine_scores_shape_and_scale() -> None:
-    visual = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    text = torch.tensor([[3.0, 0.0]])
-    scores = cosine_scores(visual, text)
-    assert scores.shape == (1, 2)
-    torch.testing.assert_close(scores, torch.tensor([[100.0, 0.0]]))

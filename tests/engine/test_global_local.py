@@ -145,7 +145,7 @@ def test_score_is_100_cosine_of_the_v_mix_against_the_r_mix(tiny_setup: tuple) -
     config = pipeline.config.merged({"dataset": "refcocog", "r": 0.25})
     pipeline = GlobalLocalPipeline(config, hub=hub, cache=pipeline.cache, meter=meter)
     ctx = pipeline.context(image_input(random_rgb(seed=12)))
-    ranked = pipeline.predict_one(ctx, "Dog on the LEFT")
+    ranked = pipeline.predict(ctx, ["Dog on the LEFT"])[0]
     proposals = pipeline.proposals(ctx)
     features = pipeline.visual_features(ctx, proposals)
     bundle = hub.inner.get("clip_tiny")
@@ -164,11 +164,11 @@ def test_score_is_100_cosine_of_the_v_mix_against_the_r_mix(tiny_setup: tuple) -
 def test_second_expression_does_no_image_work(tiny_setup: tuple) -> None:
     pipeline, hub, meter = tiny_setup
     ctx = pipeline.context(image_input(random_rgb(seed=13)))
-    first = pipeline.predict_one(ctx, "the cat")
+    first = pipeline.predict(ctx, ["the cat"])[0]
     after_first = image_calls(meter)
     assert after_first[0] == 1 and after_first[1] >= 2
     sam_loads = hub.gets["sam_tiny"]
-    second = pipeline.predict_one(ctx, "the dog")
+    second = pipeline.predict(ctx, ["the dog"])[0]
     assert image_calls(meter) == after_first
     assert hub.gets["sam_tiny"] == sam_loads  # SAM is not even asked for
     assert len(second) == len(first)
@@ -190,7 +190,7 @@ def test_batch_of_expressions_equals_one_at_a_time(tiny_setup: tuple) -> None:
     expressions = ["the left zebra", "bright orange umbrella", "man in a white shirt"]
     batched = pipeline.predict(ctx, expressions)
     for expression, ranked in zip(expressions, batched, strict=True):
-        single = pipeline.predict_one(ctx, expression)
+        single = pipeline.predict(ctx, [expression])[0]
         # Same score per mask (the order of near-ties may differ by float rounding between batch sizes).
         by_mask = {(c.rle["counts"], c.area): c.score for c in ranked}
         assert len(single) == len(ranked)
@@ -204,11 +204,11 @@ def test_disk_cache_serves_a_new_process_without_loading_sam(model_hub: Any, tmp
     first = build_pipeline(
         "global_local", TINY_OVERRIDES, CountingHub(model_hub), FeatureCache(cache_dir=tmp_path), first_meter
     )
-    expected = first.predict_one(first.context(image_input(rgb)), "the red car")
+    expected = first.predict(first.context(image_input(rgb)), ["the red car"])[0]
 
     hub, meter = CountingHub(model_hub), Meter()
     second = build_pipeline("global_local", TINY_OVERRIDES, hub, FeatureCache(cache_dir=tmp_path), meter)
-    ranked = second.predict_one(second.context(image_input(rgb)), "the red car")
+    ranked = second.predict(second.context(image_input(rgb)), ["the red car"])[0]
     assert image_calls(meter) == (0, 0)
     assert hub.gets["sam_tiny"] == 0
     assert [c.rle for c in ranked] == [c.rle for c in expected]
@@ -218,7 +218,7 @@ def test_disk_cache_serves_a_new_process_without_loading_sam(model_hub: Any, tmp
 def test_changed_feature_settings_recompute_features_but_not_proposals(tiny_setup: tuple) -> None:
     pipeline, hub, meter = tiny_setup
     ctx = pipeline.context(image_input(random_rgb(seed=17)))
-    pipeline.predict_one(ctx, "a cup")
+    pipeline.predict(ctx, ["a cup"])[0]
     sam_calls, clip_calls = image_calls(meter)
     clean = GlobalLocalPipeline(
         pipeline.config.merged({"peer_compat": False, "features": {"preprocessing": "clean"}}),
@@ -226,7 +226,7 @@ def test_changed_feature_settings_recompute_features_but_not_proposals(tiny_setu
         cache=pipeline.cache,
         meter=meter,
     )
-    clean.predict_one(ctx, "a cup")
+    clean.predict(ctx, ["a cup"])[0]
     assert meter.calls("sam_tiny") == sam_calls
     assert meter.calls("clip_tiny:image") > clip_calls
 
@@ -252,7 +252,7 @@ def test_post_filters_apply(tiny_setup: tuple) -> None:
     )
     kept = limited.proposals(ctx)
     assert 1 <= len(kept) <= 3 < len(everything)
-    assert len(limited.predict_one(ctx, "a bowl")) == len(kept)
+    assert len(limited.predict(ctx, ["a bowl"])[0]) == len(kept)
 
 
 def test_empty_expression_is_refused_before_model_work(tiny_setup: tuple) -> None:
@@ -277,7 +277,7 @@ def test_end_to_end_on_a_real_photo_with_real_mobile_sam(model_hub: Any, astrona
     ctx = pipeline.context(image_input(rgb))
 
     started = time.perf_counter()
-    ranked = pipeline.predict_one(ctx, "the woman in a white space suit")
+    ranked = pipeline.predict(ctx, ["the woman in a white space suit"])[0]
     first_seconds = time.perf_counter() - started
     assert len(ranked) >= 2  # MobileSAM's real weights find several objects on the photo
     masks = np.stack([decode_rle_one(c.rle) for c in ranked])
@@ -287,7 +287,7 @@ def test_end_to_end_on_a_real_photo_with_real_mobile_sam(model_hub: Any, astrona
     assert meter.calls("mobile_sam") == 1
 
     started = time.perf_counter()
-    again = pipeline.predict_one(ctx, "the flag on the left")
+    again = pipeline.predict(ctx, ["the flag on the left"])[0]
     second_seconds = time.perf_counter() - started
     assert meter.calls("mobile_sam") == 1 and len(again) == len(ranked)
     assert second_seconds < first_seconds

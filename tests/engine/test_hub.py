@@ -112,3 +112,51 @@ def test_concurrent_gets_load_once(fake_models: dict[str, int]) -> None:
 def test_budget_must_be_positive() -> None:
     with pytest.raises(ValueError, match="memory_budget_mb"):
         ModelHub(ModelStore(Path("/unused")), device="cpu", memory_budget_mb=0)
+
+
+# -- wrappers belong to the hub and go with their model --------------------------------------------------
+
+
+def test_wrappers_are_built_once_per_key_and_dropped_with_their_model(fake_models: dict[str, int]) -> None:
+    hub = ModelHub(ModelStore(Path("/unused")), device="cpu", memory_budget_mb=7)
+    builds: list[str] = []
+
+    def build(model: torch.nn.Module) -> dict:
+        builds.append("built")
+        return {"on": model}
+
+    first = hub.wrapper("a", "extractor", build, key={"side": 224})
+    assert hub.wrapper("a", "extractor", build, key={"side": 224}) is first
+    other = hub.wrapper("a", "extractor", build, key={"side": 336})
+    assert other is not first and len(builds) == 2 and len(hub.wrappers("a")) == 2
+    hub.get("b")
+    hub.get("c")  # 9 MB > 7 MB: "a" is evicted, and its wrappers with it
+    assert hub.loaded() == ["b", "c"] and hub.wrappers("a") == []
+    again = hub.wrapper("a", "extractor", build, key={"side": 224})  # reloads "a", builds a new wrapper
+    assert again is not first and again["on"] is hub.get("a") and len(builds) == 3
+
+
+def test_evicting_a_model_frees_its_memory(model_store: ModelStore) -> None:
+    """Nothing the engine keeps (pipelines, wrappers) holds an evicted model: its tensors are freed."""
+    import gc
+    import weakref
+
+    from workers.engine.blocks.clip.config import ClipFeatureConfig
+    from workers.engine.blocks.clip.features import clip_extractor
+    from workers.engine.core.settings import EngineSettings
+    from workers.engine.runtime import Engine
+
+    settings = EngineSettings(model_dir=model_store.root, cache_dir=None, device="cpu", profile="tiny")
+    engine = Engine(settings, hub=ModelHub(model_store, device="cpu", memory_budget_mb=1))
+    pipeline = engine.pipeline("global_local", {"clip_model": "clip_tiny", "proposal_source": "sam_tiny"})
+    extractor = clip_extractor(engine.hub, "clip_tiny", ClipFeatureConfig())
+    model_ref = weakref.ref(extractor.model)
+    weight_ref = weakref.ref(next(extractor.model.parameters()))
+    extractor_ref = weakref.ref(extractor)
+    del extractor
+    engine.hub.get("sam_tiny")  # over the 1 MB budget: clip_tiny, the least recently used, is evicted
+    gc.collect()
+    assert not engine.hub.is_loaded("clip_tiny") and pipeline is engine.pipeline(
+        "global_local", {"clip_model": "clip_tiny", "proposal_source": "sam_tiny"}
+    )
+    assert extractor_ref() is None and model_ref() is None and weight_ref() is None

@@ -1,4 +1,4 @@
-"""Metrics against values computed by hand (METHODS.md: oIoU, mIoU with I/U = 0 when U = 0, strict Prec@X)."""
+"""Metrics against values computed by hand (docs/METHODS.md#metrics: oIoU, mIoU with I/U = 0 when U = 0, strict Prec@X)."""
 
 from __future__ import annotations
 

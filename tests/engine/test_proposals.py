@@ -1,4 +1,4 @@
-"""Mask proposals: generator settings, the METHODS.md post-filters, real MobileSAM on a real photo, refine."""
+"""Mask proposals: generator settings, the post-filters (docs/METHODS.md#post-filters), real MobileSAM on a real photo, refine."""
 
 from __future__ import annotations
 

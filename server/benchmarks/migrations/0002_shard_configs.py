@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('benchmarks', '0001_initial'),
+        ("benchmarks", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='benchmarkshard',
-            name='configs',
-            field=models.JSONField(blank=True, default=dict, help_text='per pipeline, the full config the worker ran (Prediction.config)'),
+            model_name="benchmarkshard",
+            name="configs",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="per pipeline, the full config the worker ran (Prediction.config)",
+            ),
         ),
     ]

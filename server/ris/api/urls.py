@@ -1,4 +1,4 @@
-"""The JSON API under ``/api/`` (see CONTRACTS.md). Every endpoint but the token one needs a signed-in user."""
+"""The JSON API under ``/api/`` (documented at /api/docs/, schema at /api/schema/). Every endpoint but the token one needs a signed-in user."""
 
 from django.urls import path
 

@@ -1,4 +1,4 @@
-"""Referring-segmentation metrics over sentences (METHODS.md).
+"""Referring-segmentation metrics over sentences (docs/METHODS.md#metrics).
 
 Per sentence, ``I = |pred AND gt|`` and ``U = |pred OR gt|`` (pixel counts). Over a split:
 

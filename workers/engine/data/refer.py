@@ -145,7 +145,7 @@ def _text(value: Any) -> str:
 def gt_mask_from_segmentation(
     segmentation: Any, height: int, width: int, *, union: bool = False
 ) -> np.ndarray:
-    """Rasterise a COCO ``segmentation`` to an ``H x W`` bool mask by the convention of METHODS.md.
+    """Rasterise a COCO ``segmentation`` to an ``H x W`` bool mask by the convention of docs/METHODS.md#ground-truth.
 
     Polygons (a list of ``[x0, y0, x1, y1, ...]`` parts): each part is rasterised, the parts are summed and
     foreground is ``sum == 1``, so pixels covered by two parts are background; with ``union=True`` the plain
@@ -207,7 +207,7 @@ class ReferDataset:
             ``DATA_ROOT/images/mscoco/images/train2014`` where that exists).
         text_field: the sentence field used as the expression (``sent``, REFER's cleaned lower-case text, or
             ``raw``).
-        gt_union: ground truth as the plain union of polygon parts instead of the METHODS.md convention.
+        gt_union: ground truth as the plain union of polygon parts instead of the convention of docs/METHODS.md#ground-truth.
 
     Raises:
         DatasetError: unknown dataset, split or split_by (the message lists the valid ones), missing or

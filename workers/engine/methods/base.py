@@ -77,10 +77,6 @@ class Pipeline(ABC):
         with self.meter.active():
             return self._predict(ctx, expressions)
 
-    def predict_one(self, ctx: ImageContext, expression: str) -> list[Candidate]:
-        """The ranked candidates of one expression."""
-        return self.predict(ctx, [expression])[0]
-
     def _prepare(self, ctx: ImageContext) -> None:  # noqa: B027 - a no-op default is the right default
         """Image-level work (subclasses)."""
 

@@ -107,11 +107,6 @@ def profile_names() -> list[str]:
     return list(_raw()["profiles"])
 
 
-def profile_description(profile: str) -> str:
-    """A profile's one-line description."""
-    return str(_profile(profile).get("description", ""))
-
-
 def _profile(profile: str) -> dict[str, Any]:
     profiles = _raw()["profiles"]
     if profile not in profiles:

@@ -54,12 +54,6 @@ def clear_checksum_cache() -> None:
         _cache.clear()
 
 
-def checksum_cache_size() -> int:
-    """How many digests are remembered."""
-    with _lock:
-        return len(_cache)
-
-
 def hash_tree(folder: Path) -> dict[str, str]:
     """``{relpath: sha256}`` of every regular file under ``folder`` (POSIX relpaths, sorted).
 

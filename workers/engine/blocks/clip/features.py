@@ -1,6 +1,6 @@
 """CLIP features of masks and texts through open_clip: global-context, local-context and text features.
 
-Visual features of the N masks of one image (Global-Local CLIP, METHODS.md section 1):
+Visual features of the N masks of one image (Global-Local CLIP, docs/METHODS.md#global-local-clip-image-features):
 
 - **global-context**: the whole image through the vision tower. For a ViT, the patch tokens are multiplied
   by the mask (resized to the token grid, soft bilinear values) before every block from ``mask_from_block``
@@ -461,13 +461,6 @@ class ClipFeatureExtractor:
         encoded = self.encode_texts([*sentences, *noun_phrases])
         n = len(sentences)
         return sentence_weight * encoded[:n] + phrase_weight * encoded[n:]
-
-
-def cosine_scores(visual: torch.Tensor, text: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
-    """``scale * cosine`` of every (mask, expression) pair: ``N x D``, ``E x D`` -> ``E x N`` float32."""
-    v = F.normalize(visual.float(), dim=-1)
-    t = F.normalize(text.float(), dim=-1)
-    return scale * t @ v.T
 
 
 # ---------------------------------------------------------------------------------------------------

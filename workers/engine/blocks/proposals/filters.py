@@ -1,4 +1,4 @@
-"""Post-filters of mask proposals (METHODS.md): pure functions ``Proposals -> Proposals``.
+"""Post-filters of mask proposals (docs/METHODS.md#post-filters): pure functions ``Proposals -> Proposals``.
 
 - ``drop_small``: minimum area (TAS: under 2000 px dropped; Ref-Diff: at most 10000 px dropped, i.e.
   ``keep_equal=False``).

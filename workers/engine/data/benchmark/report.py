@@ -107,7 +107,7 @@ def _markdown(
     lines = [
         f"# Benchmark: {run.get('dataset')} ({run.get('split_by')}) {run.get('split')}",
         "",
-        f"Ground truth: {'union of polygon parts' if run.get('gt_union') else 'parts summed, foreground = 1 (METHODS.md)'}."
+        f"Ground truth: {'union of polygon parts' if run.get('gt_union') else 'parts summed, foreground = 1 (docs/METHODS.md#ground-truth)'}."
         + (f" Limited to the first {run['limit']} sentences." if run.get("limit") is not None else ""),
         "",
         "| " + " | ".join(head) + " |",

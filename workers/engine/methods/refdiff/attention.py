@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -413,8 +413,3 @@ def subject_attention_map(
         total = normalised if total is None else total + normalised
     assert total is not None
     return total / len(keys)
-
-
-def layer_step_maps(store: AttentionStore, kind: str = "logits") -> Mapping[tuple[str, int], torch.Tensor]:
-    """The raw records of ``kind`` as ``(layer, step) -> B x Q x T`` (inspection and tests)."""
-    return {(k[0], k[1]): store.maps[k] for k in store.keys(kind)}

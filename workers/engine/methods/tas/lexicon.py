@@ -1,4 +1,4 @@
-"""WordNet for TAS's negative phrases: near-synonyms of the target noun (METHODS.md, section 2).
+"""WordNet for TAS's negative phrases: near-synonyms of the target noun (docs/METHODS.md#tas-negative-phrases).
 
 Where WordNet comes from
     Debian's ``wordnet-base`` package installs the WordNet 3.0 database in ``/usr/share/wordnet``
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.engine.core.errors import EngineError
+from workers.engine.core.settings import project_path, var_dir
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,10 @@ def nltk_data_dir() -> Path:
 
     Relative paths are taken from the project root, as the engine's other ``RIS_*`` paths.
     """
-    project = Path(__file__).resolve().parents[4]
     explicit = os.environ.get("RIS_NLTK_DATA")
     if explicit:
-        return (project / Path(explicit).expanduser()).resolve()  # a relative path is the project's
-    var_dir = os.environ.get("RIS_VAR_DIR")
-    if var_dir:
-        return (project / Path(var_dir).expanduser() / "nltk_data").resolve()
-    return (project / "var" / "nltk_data").resolve()
+        return project_path(explicit).resolve()
+    return (var_dir() / "nltk_data").resolve()
 
 
 def lexnames_text() -> str:
@@ -268,15 +265,6 @@ def _open_reader(root: Any) -> Any:
     with warnings.catch_warnings():  # "multilingual functions are not available": no OMW, on purpose
         warnings.simplefilter("ignore", UserWarning)
         return _EnglishWordNetReader(root, None)
-
-
-def wordnet_available(data_dir: Path | str | None = None) -> bool:
-    """Whether :func:`load_wordnet` would succeed."""
-    try:
-        load_wordnet(data_dir)
-    except WordNetMissingError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------
