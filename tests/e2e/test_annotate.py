@@ -184,11 +184,19 @@ def test_failed_job_shows_error_and_retry(page, live_server, user, celery_worker
     page.goto(f"{live_server.url}/images/{image.pk}/")
     page.fill("#expression-text", "the helmet")
     page.click("details summary")
+    # A config the pipeline refuses is answered at the door, naming the key; no job is made.
     page.fill("#expression-config", json.dumps({"no_such_setting": 1}))
+    page.click("#expression-form button[type=submit]")
+    refused = page.locator("#expression-form .form-error")
+    refused.wait_for()
+    assert "no_such_setting" in refused.inner_text() and not SegmentationJob.objects.exists()
+    shot(page, "config-refused")
+    # A valid config whose model this machine lacks fails in the worker, in words, with the command that fixes it.
+    page.fill("#expression-config", json.dumps({"clip_model": "clip_vit_b_16"}))
     page.click("#expression-form button[type=submit]")
     error = page.locator(".job-error")
     error.wait_for(timeout=JOB_TIMEOUT_MS)
-    assert "no_such_setting" in error.inner_text()
+    assert "clip_vit_b_16" in error.inner_text() and "models fetch clip_vit_b_16" in error.inner_text()
     shot(page, "job-failed")
     job = SegmentationJob.objects.get()
     assert job.state == "failed" and job.attempts == 1
