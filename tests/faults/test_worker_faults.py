@@ -25,6 +25,7 @@ without a heartbeat; workers beat every 2.5 s while the engine works) and ``RIS_
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -126,6 +127,8 @@ def fleet(
     logs.mkdir(parents=True, exist_ok=True)
     for old in logs.glob("*.log"):
         old.unlink()
+    for old in logs.glob("cache-*"):  # an engine cache of an earlier run would make the slow jobs quick
+        shutil.rmtree(old)
     redis = PrivateRedis(tmp_path_factory.mktemp("redis"))
     redis.start()
     proxy = TcpProxy(int(connection.settings_dict.get("PORT") or 5432))

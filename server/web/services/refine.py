@@ -264,7 +264,7 @@ def refine_requests_expire(*, now: datetime | None = None, stale_seconds: int | 
     messages = {
         True: (
             f"The model did not answer within {stale} s: no worker picked the request up (are the workers "
-            "running?). Click again to retry."
+            "running, or all busy with long jobs?). Click again to retry."
         ),
         False: (
             f"The model did not answer within {stale} s: the worker refining it stopped responding. "
