@@ -1,7 +1,8 @@
 """The Celery application shared by the web process (which only sends) and the workers.
 
-This module never imports torch: the web process imports it to enqueue jobs by task name, and
-only a worker imports ``workers.tasks`` (listed in ``include``), which reaches the engine.
+This module never imports torch: the web process imports it to enqueue work by task name, and only a
+worker imports the task modules of ``workers.tasks`` (listed in ``include``), which reach the engine
+inside their task bodies.
 Configuration comes from Django settings (``CELERY_*``), so it is read from the environment in
 one place.
 
@@ -19,7 +20,15 @@ from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "server.config.settings")
 
-app = Celery("ris", include=["workers.tasks", "workers.benchmark_tasks", "workers.web_tasks"])
+app = Celery(
+    "ris",
+    include=[
+        "workers.tasks.segmentation",
+        "workers.tasks.refine",
+        "workers.tasks.benchmark",
+        "workers.tasks.reconcile",
+    ],
+)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 

@@ -41,7 +41,16 @@ class BenchmarkPipelineResultAdmin(admin.ModelAdmin):
 
 @admin.register(BenchmarkShard)
 class BenchmarkShardAdmin(admin.ModelAdmin):
-    list_display = ["run", "index", "state", "n_sentences", "attempts", "worker", "finished_at"]
+    list_display = [
+        "run",
+        "index",
+        "state",
+        "n_sentences",
+        "attempts",
+        "worker",
+        "heartbeat_at",
+        "finished_at",
+    ]
     list_filter = ["state"]
 
 

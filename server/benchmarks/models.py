@@ -78,7 +78,12 @@ class BenchmarkPipelineResult(models.Model):
 
 
 class BenchmarkShard(models.Model):
-    """A slice of a distributed run's images, handled by one ``run_benchmark_shard`` task."""
+    """A slice of a distributed run's images, handled by one ``run_benchmark_shard`` task.
+
+    Claimed, kept alive and reconciled by the rules of every kind of work (``server.ris.services.work``):
+    ``attempts`` counted at each claim, ``celery_task_id`` the message that claimed it, ``queue`` where its
+    messages go, ``dispatched_at`` when it was last sent, ``heartbeat_at`` when its worker last reported.
+    """
 
     class State(models.TextChoices):
         QUEUED = "queued"
@@ -94,11 +99,17 @@ class BenchmarkShard(models.Model):
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    celery_task_id = models.CharField(max_length=64, blank=True, default="")
+    queue = models.CharField(
+        max_length=200, blank=True, default="", help_text="Celery queue of its messages (blank: routed, gpu)."
+    )
     missing_images = models.JSONField(default=list, blank=True)
     configs = models.JSONField(
         default=dict, blank=True, help_text="per pipeline, the full config the worker ran (Prediction.config)"
     )
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

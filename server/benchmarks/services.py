@@ -1,13 +1,24 @@
 """Writes of benchmark runs. Plain dicts in (JSON of ``workers.engine.data.benchmark`` records), so the web side
-never imports the engine. Keyword-only, typed, one transaction where a write has several parts."""
+never imports the engine. Keyword-only, typed, one transaction where a write has several parts.
+
+A distributed run's shards live by the rules of every kind of work (``server.ris.services.work``): sent
+with ``shard_dispatch`` (to the queue the command named, kept on the row), claimed by
+``workers.benchmark_tasks.run_benchmark_shard`` (queued; or running, on a redelivery of the message that
+claimed it or once its heartbeat is older than ``RIS_JOB_STALE_SECONDS``), kept alive by
+``shard_heartbeat``, ended by ``shard_finish`` or ``shard_fail``. ``shards_reconcile`` sends again the
+shards of running runs whose message or worker was lost, and fails in words a shard whose workers died
+``RIS_JOB_MAX_ATTEMPTS`` times; shards of a run that is not running (interrupted, failed) are left to
+``--resume``, which queues and sends the unfinished ones again.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from server.benchmarks.models import (
@@ -15,6 +26,41 @@ from server.benchmarks.models import (
     BenchmarkRun,
     BenchmarkSentenceResult,
     BenchmarkShard,
+)
+from server.ris.services.dispatch import RUN_BENCHMARK_SHARD
+from server.ris.services.work import (
+    ReconcileReport,
+    WorkKind,
+    job_stale_seconds,
+    work_claim,
+    work_dispatch,
+    work_fail,
+    work_heartbeat,
+    work_reconcile,
+    work_running,
+)
+
+SHARD_TASK = RUN_BENCHMARK_SHARD
+
+
+def _words_given_up(shard: BenchmarkShard) -> str:
+    return (
+        f"shard {shard.index} of run {shard.run_id}: the worker running it stopped responding "
+        f"{shard.attempts} times (no heartbeat for {settings.RIS_JOB_STALE_SECONDS} s); it was given up. "
+        "Run the command again with --resume to retry it."
+    )
+
+
+SHARD_WORK = WorkKind(
+    label="benchmark shard",
+    model=BenchmarkShard,
+    task_name=RUN_BENCHMARK_SHARD,
+    stale_seconds=job_stale_seconds,
+    words_given_up=_words_given_up,
+    created_field="run__created_at",
+    queue_field="queue",
+    related=("run",),
+    resets={"error": ""},
 )
 
 _SENTENCE_FIELDS = [
@@ -119,29 +165,41 @@ def shards_create(*, run: BenchmarkRun, shards: Sequence[tuple[Sequence[int], in
 
 
 def shards_requeue(*, run: BenchmarkRun) -> list[BenchmarkShard]:
-    """Shards of a resumed run that are not done go back to queued; returns them."""
+    """Shards of a resumed run that are not done go back to queued; returns them (to be sent again).
+
+    A shard still running on a worker (the shards of an interrupted run keep running) is no longer that
+    worker's: its heartbeat finds it queued and the worker stops between two images; the message sent
+    again goes on from the sentences already stored.
+    """
     pending = BenchmarkShard.objects.filter(run=run).exclude(state=BenchmarkShard.State.DONE)
-    pending.update(state=BenchmarkShard.State.QUEUED, error="")
+    pending.update(state=BenchmarkShard.State.QUEUED, error="", worker="")
     return list(BenchmarkShard.objects.filter(run=run, state=BenchmarkShard.State.QUEUED))
 
 
-def shard_claim(*, shard_id: int, worker: str) -> BenchmarkShard | None:
-    """Mark a shard running (from queued, or from running when its message is delivered again).
+def shard_dispatch(*, shard: BenchmarkShard, queue: str | None = None) -> bool:
+    """Send the shard's task (to ``queue``, else the routed queue) and record when; False if the broker refused.
 
-    Returns ``None`` when the shard does not exist or is already done or failed, so a duplicate message
-    does no work twice.
+    The queue is kept on the shard, so the reconciler sends a lost message again to the same workers.
     """
-    claimed = BenchmarkShard.objects.filter(
-        Q(state=BenchmarkShard.State.QUEUED) | Q(state=BenchmarkShard.State.RUNNING), pk=shard_id
-    ).update(
-        state=BenchmarkShard.State.RUNNING,
-        worker=worker,
-        attempts=F("attempts") + 1,
-        started_at=timezone.now(),
-    )
-    if not claimed:
-        return None
-    return BenchmarkShard.objects.select_related("run").get(pk=shard_id)
+    if queue is not None and shard.queue != queue:
+        BenchmarkShard.objects.filter(pk=shard.pk).update(queue=queue)
+        shard.queue = queue
+    return work_dispatch(SHARD_WORK, pk=shard.pk, queue=shard.queue or None)
+
+
+def shard_claim(*, shard_id: int, worker: str, task_id: str = "") -> BenchmarkShard | None:
+    """Mark a shard running for ``worker`` and count the attempt; None if it is not this worker's to run.
+
+    The claim rule of all work (``work_claim``): queued, or running on a redelivery of the message that
+    claimed it (``task_id``), or running with a stale heartbeat. Returns the shard with its run loaded, or
+    ``None`` when the shard does not exist, is done or failed, or runs under a live worker.
+    """
+    return work_claim(SHARD_WORK, pk=shard_id, worker=worker, task_id=task_id)
+
+
+def shard_heartbeat(*, shard_id: int, attempt: int | None = None) -> bool:
+    """Record a heartbeat; False if the shard is no longer running (under ``attempt`` when given)."""
+    return work_heartbeat(SHARD_WORK, pk=shard_id, attempt=attempt)
 
 
 def shard_finish(
@@ -149,18 +207,27 @@ def shard_finish(
     shard: BenchmarkShard,
     missing_images: Sequence[Mapping[str, Any]],
     configs: Mapping[str, Mapping[str, Any]] | None = None,
-) -> None:
-    """Mark a shard done with its missing images and the configs its worker ran (per pipeline)."""
-    shard.state = BenchmarkShard.State.DONE
-    shard.missing_images = list(missing_images)
-    shard.configs = {k: dict(v) for k, v in (configs or {}).items()}
-    shard.error = ""
-    shard.finished_at = timezone.now()
-    shard.save(update_fields=["state", "missing_images", "configs", "error", "finished_at"])
+    attempt: int | None = None,
+) -> bool:
+    """Mark the shard done with its missing images and the configs its worker ran (per pipeline); False if it
+    is no longer running (under ``attempt``)."""
+    done = work_running(SHARD_WORK, pk=shard.pk, attempt=attempt).update(
+        state=BenchmarkShard.State.DONE,
+        missing_images=list(missing_images),
+        configs={k: dict(v) for k, v in (configs or {}).items()},
+        error="",
+        finished_at=timezone.now(),
+    )
+    return done == 1
 
 
-def shard_fail(*, shard: BenchmarkShard, error: str) -> None:
-    shard.state = BenchmarkShard.State.FAILED
-    shard.error = error
-    shard.finished_at = timezone.now()
-    shard.save(update_fields=["state", "error", "finished_at"])
+def shard_fail(*, shard: BenchmarkShard, error: str, attempt: int | None = None) -> bool:
+    """Mark the shard failed with ``error`` in words; False if it had already ended (or, with ``attempt``,
+    runs under another attempt)."""
+    return work_fail(SHARD_WORK, pk=shard.pk, error=error, attempt=attempt)
+
+
+def shards_reconcile(*, now: Any = None) -> ReconcileReport:
+    """Send again the shards of running runs whose message or worker was lost; fail those whose workers
+    died too often."""
+    return work_reconcile(SHARD_WORK, now=now, scope=Q(run__state=BenchmarkRun.State.RUNNING))

@@ -172,7 +172,7 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 RIS_BROKER_DIR = project_path(env.str("RIS_BROKER_DIR", default=str(VAR_DIR / "broker")))
 RIS_JOB_STALE_SECONDS = env.int("RIS_JOB_STALE_SECONDS", default=2400)
 RIS_RECONCILE_INTERVAL = env.int("RIS_RECONCILE_INTERVAL", default=60)
-RIS_JOB_MAX_ATTEMPTS = env.int("RIS_JOB_MAX_ATTEMPTS", default=3)
+RIS_JOB_MAX_ATTEMPTS = env.int("RIS_JOB_MAX_ATTEMPTS", default=3)  # jobs, refine requests and shards alike
 RIS_REFINE_STALE_SECONDS = env.int("RIS_REFINE_STALE_SECONDS", default=300)
 # Each new image is prepared (proposals, image features) in the background at low priority.
 RIS_PREPARE_ON_UPLOAD = env.bool("RIS_PREPARE_ON_UPLOAD", default=True)
@@ -203,6 +203,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("RIS_JOB_SOFT_TIME_LIMIT", default=1800)
 CELERY_TASK_TIME_LIMIT = env.int("RIS_JOB_TIME_LIMIT", default=1900)
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Task names are those the tasks had before workers/tasks/ became a package (queued messages survive an
+# upgrade); server.ris.services.dispatch names them for the web process.
 CELERY_TASK_ROUTES = {
     "workers.tasks.run_segmentation_job": {"queue": "gpu"},
     "workers.tasks.prepare_image": {"queue": "gpu"},

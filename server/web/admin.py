@@ -12,6 +12,8 @@ class RefineRequestAdmin(admin.ModelAdmin):
         "image",
         "expression",
         "state",
+        "attempts",
+        "worker",
         "result_area",
         "seconds",
         "requested_by",
@@ -20,4 +22,4 @@ class RefineRequestAdmin(admin.ModelAdmin):
     list_filter = ("state",)
     search_fields = ("id", "image__original_name", "expression__text")
     raw_id_fields = ("image", "expression", "candidate", "requested_by")
-    readonly_fields = ("created_at", "started_at", "finished_at")
+    readonly_fields = ("created_at", "dispatched_at", "started_at", "heartbeat_at", "finished_at")

@@ -25,6 +25,9 @@ class RefineRequest(models.Model):
     ``points_xy`` are ``[[x, y], ...]`` pixels of the EXIF-transposed image, ``labels`` 1 (add) or 0
     (remove) per point, ``box_xyxy`` an optional ``[x0, y0, x1, y1]`` box, ``mask_rle`` an optional
     COCO RLE of the mask being corrected; ``result_rle`` the answer (``{"size": [H, W], "counts": str}``).
+    ``attempts``, ``worker``, ``celery_task_id``, ``dispatched_at``, ``heartbeat_at``: the bookkeeping every
+    kind of work keeps (``server.ris.services.work``): attempts counted at each claim, the message that
+    claimed it, when it was last sent and when its worker last reported.
     """
 
     image = models.ForeignKey("ris.Image", on_delete=models.CASCADE, related_name="refine_requests")
@@ -46,8 +49,13 @@ class RefineRequest(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    attempts = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=255, blank=True, default="")
+    celery_task_id = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -152,7 +152,7 @@ def test_shard_task_is_routed_to_the_gpu_queue() -> None:
 
     route = app.amqp.router.route({}, "workers.benchmark_tasks.run_benchmark_shard")
     assert route["queue"].name == "gpu"
-    import workers.benchmark_tasks  # noqa: F401  (registers the task under its agreed name)
+    import workers.tasks.benchmark  # noqa: F401  (registers the task under its agreed name)
 
     assert "workers.benchmark_tasks.run_benchmark_shard" in app.tasks
 

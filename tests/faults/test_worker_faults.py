@@ -1,5 +1,6 @@
 """Faults with real processes: Celery workers killed with SIGKILL, a Redis broker restarted empty, the
-database taken away from the web server and the workers, a job that raises, and cancellation.
+database taken away from the web server and the workers, a job that raises, cancellation, and a refine
+request and a benchmark shard whose worker vanished.
 
 Every process is real and separate: ``celery worker --pool solo`` processes (one per "GPU", as deployed),
 ``celery beat`` running the periodic reconciler every 2 s, a private ``redis-server`` of this module only
@@ -24,6 +25,7 @@ without a heartbeat; workers beat every 2.5 s while the engine works) and ``RIS_
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -125,6 +127,8 @@ def fleet(
     logs.mkdir(parents=True, exist_ok=True)
     for old in logs.glob("*.log"):
         old.unlink()
+    for old in logs.glob("cache-*"):  # an engine cache of an earlier run would make the slow jobs quick
+        shutil.rmtree(old)
     redis = PrivateRedis(tmp_path_factory.mktemp("redis"))
     redis.start()
     proxy = TcpProxy(int(connection.settings_dict.get("PORT") or 5432))
@@ -341,8 +345,8 @@ def test_cancel_a_queued_and_a_running_job(fleet, api_client, project, photo_jpe
     assert running.status_code == 200 and running.json()["state"] == "cancelled", running.json()
     wait_until(
         lambda: (
-            f"Job {first} is no longer running (cancelled?); its result will not be written"
-            in fleet.all_logs()
+            f"Job {first} is no longer running under this attempt (cancelled, expired or taken over); "
+            "its result will not be written" in fleet.all_logs()
         ),
         timeout=120,
         what=f"the worker to notice that job {first} was cancelled",
@@ -360,6 +364,70 @@ def test_cancel_a_queued_and_a_running_job(fleet, api_client, project, photo_jpe
         job = job_row(job_id)
         assert job.state == "cancelled" and job.candidates.count() == 0
     assert job_row(waiting).attempts == 0
+
+
+def test_lost_refine_request_and_benchmark_shard_are_run_again_by_live_workers(
+    fleet, api_client, project, user, photo_jpeg, no_warmup, tmp_path
+):
+    """A refine request and a benchmark shard whose worker vanished (a ghost claimed each and never beat)
+    are taken back by the periodic reconciler once their heartbeat is stale and finished once by a live
+    worker: the life a job has in ``test_worker_killed_mid_job_is_finished_once_by_another``."""
+    from workers.engine.synthetic_refer import write_synthetic_refcoco
+
+    from server.benchmarks import services as benchmarks
+    from server.benchmarks.models import BenchmarkSentenceResult, BenchmarkShard
+    from server.ris.models import Image
+    from server.web.models import RefineRequest
+    from server.web.services.refine import refine_request_claim, refine_request_create
+    from workers.tasks import engine_access
+
+    fleet.ensure_workers(2)
+    image = upload(api_client, project, "lost.jpg", photo_jpeg(30, PHOTO_SIDE))
+    with pytest.MonkeyPatch.context() as patch:  # the ghost claims before a live worker sees any message
+        patch.setattr("server.web.services.refine.refine_request_dispatch", lambda **kwargs: True)
+        refine = refine_request_create(
+            image=Image.objects.get(pk=image["id"]), requested_by=user, points_xy=[[64, 40]], labels=[1]
+        )
+    assert refine_request_claim(request_id=refine.pk, worker="ghost@gone", task_id="lost-refine")
+
+    root = tmp_path / "refer"
+    write_synthetic_refcoco(root, 2, seed=1)
+    spec = {
+        "dataset": "refcoco",
+        "split": "val",
+        "split_by": "unc",
+        "pipelines": ["global_local"],
+        "data_root": str(root),
+        "configs": {"global_local": QUICK},
+    }
+    run = benchmarks.run_create(spec=spec, distributed=True)
+    groups = engine_access.benchmark_spec(spec).open_dataset().images()
+    (shard,) = benchmarks.shards_create(
+        run=run, shards=[([g.image_id for g in groups], sum(len(g.sentences) for g in groups))]
+    )
+    assert benchmarks.shard_claim(shard_id=shard.pk, worker="ghost@gone", task_id="lost-shard")
+
+    def both_finished():
+        rows = RefineRequest.objects.get(pk=refine.pk), BenchmarkShard.objects.get(pk=shard.pk)
+        return (
+            rows if rows[0].state in ("succeeded", "failed") and rows[1].state in ("done", "failed") else None
+        )
+
+    refined, ran = wait_until(
+        both_finished,
+        timeout=JOB_TIMEOUT_S,
+        what="the lost refine and shard to finish",
+        logs=fleet.log_paths(),
+    )
+    assert refined.state == "succeeded", refined.error
+    assert refined.attempts == 2 and not refined.worker.startswith("ghost@")
+    assert refined.result_rle["size"] == [PHOTO_SIDE, PHOTO_SIDE] and refined.result_area > 0
+    assert ran.state == "done", ran.error
+    assert ran.attempts == 2 and not ran.worker.startswith("ghost@")
+    assert BenchmarkSentenceResult.objects.filter(run=run).count() == ran.n_sentences > 0
+    logs = fleet.all_logs()
+    assert f"sent again [{refine.pk}], failed [] (refine requests)" in logs
+    assert f"sent again [{shard.pk}], failed [] (benchmark shards)" in logs
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

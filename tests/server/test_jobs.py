@@ -251,9 +251,9 @@ def test_reconcile_resends_lost_and_stale_jobs(image, user, settings, sent):
 def test_reconcile_resends_when_the_broker_lost_its_queue(
     image, user, sent, monkeypatch, broker_holds, resent
 ):
-    from server.ris.services import jobs as jobs_module
+    from server.ris.services import dispatch
 
-    monkeypatch.setattr(jobs_module, "broker_queue_size", lambda queue: broker_holds)
+    monkeypatch.setattr(dispatch, "broker_queue_size", lambda queue: broker_holds)
     job = job_of(expression_make(image, user))
     a_minute_ago = timezone.now() - timedelta(seconds=60)  # well inside RIS_JOB_STALE_SECONDS
     SegmentationJob.objects.filter(pk=job.pk).update(created_at=a_minute_ago, dispatched_at=a_minute_ago)

@@ -24,7 +24,8 @@ for info in pkgutil.walk_packages(server.__path__, "server."):
 from django.urls import get_resolver
 get_resolver().url_patterns
 importlib.import_module("workers.celery_app")
-importlib.import_module("workers.tasks")
+for module in ("segmentation", "refine", "benchmark", "reconcile", "lifecycle", "engine_access"):
+    importlib.import_module(f"workers.tasks.{module}")
 loaded = sorted(name for name in sys.modules if name == "torch" or name.startswith(("torch.", "workers.engine.runtime")))
 print("FAILED", failed)
 print("LOADED", loaded[:5])

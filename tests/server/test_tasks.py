@@ -1,6 +1,9 @@
-"""The Celery tasks run in-process (``apply``) against a fake engine with the real engine's interface.
+"""The segmentation tasks run in-process (``apply``) against a fake engine with the real engine's interface,
+put in through the tasks' one door to the engine (``workers.tasks.engine_access.engine_get``).
 
-The real worker process, Redis, PostgreSQL and MobileSAM are exercised in tests/integration.
+The rules every kind of work shares (redelivery, lost workers, database retries, error wording) are checked
+for jobs, refine requests and shards alike in ``test_work_lifecycle.py``. The real worker process, Redis,
+PostgreSQL and MobileSAM are exercised in tests/integration and tests/faults.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ import numpy as np
 import pytest
 from django.db import OperationalError
 
-import workers.tasks as tasks
 from server.ris.models import Candidate, JobState, SegmentationJob
 from server.ris.services.rle import rle_from_mask
 from tests.server.factories import expression_make, image_make, job_of
@@ -17,6 +19,9 @@ from workers.engine.core.errors import ConfigError
 from workers.engine.core.meter import Meter
 from workers.engine.core.types import Candidate as EngineCandidate
 from workers.engine.runtime import Prediction
+from workers.tasks import engine_access, lifecycle
+from workers.tasks import segmentation as tasks
+from workers.tasks.reconcile import reconcile_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -71,7 +76,7 @@ class FakeEngine:
 @pytest.fixture
 def engine(monkeypatch):
     fake = FakeEngine()
-    monkeypatch.setattr(tasks, "engine_get", lambda: fake)
+    monkeypatch.setattr(engine_access, "engine_get", lambda: fake)
     return fake
 
 
@@ -103,7 +108,7 @@ def test_second_delivery_is_skipped_and_adds_nothing(engine, job):
 
 def test_engine_error_fails_the_job_in_words(monkeypatch, job):
     fake = FakeEngine(error=ConfigError("Unknown key 'points_per_sid' in the global_local config."))
-    monkeypatch.setattr(tasks, "engine_get", lambda: fake)
+    monkeypatch.setattr(engine_access, "engine_get", lambda: fake)
     assert tasks.run_segmentation_job.apply(args=[job.pk]).get() == "failed"
     job.refresh_from_db()
     assert (
@@ -113,7 +118,9 @@ def test_engine_error_fails_the_job_in_words(monkeypatch, job):
 
 
 def test_unexpected_error_is_named(monkeypatch, job):
-    monkeypatch.setattr(tasks, "engine_get", lambda: FakeEngine(error=RuntimeError("CUDA out of memory")))
+    monkeypatch.setattr(
+        engine_access, "engine_get", lambda: FakeEngine(error=RuntimeError("CUDA out of memory"))
+    )
     tasks.run_segmentation_job.apply(args=[job.pk])
     job.refresh_from_db()
     assert job.error == "Unexpected RuntimeError: CUDA out of memory (details in the worker log)."
@@ -139,7 +146,7 @@ def test_database_error_retries_and_the_retry_reclaims(engine, job, monkeypatch)
         return original(image)
 
     monkeypatch.setattr(services, "image_load_rgb", flaky)
-    monkeypatch.setattr(tasks, "_db_backoff", lambda retries: 0)
+    monkeypatch.setattr(lifecycle, "db_backoff", lambda retries: 0)
     result = tasks.run_segmentation_job.apply(args=[job.pk], task_id="message-1")
     assert result.get() == "succeeded"
     job.refresh_from_db()
@@ -154,15 +161,19 @@ def test_prepare_image_calls_engine_prepare(engine, job, settings):
 
 
 def test_reconcile_task_reports(job, settings, monkeypatch):
-    from server.ris.services import jobs as jobs_module
+    from server.ris.services import dispatch
 
     sent = []
-    monkeypatch.setattr(jobs_module, "broker_queue_size", lambda queue: None)
+    monkeypatch.setattr(dispatch, "broker_queue_size", lambda queue: None)
     monkeypatch.setattr(
-        jobs_module, "task_send", lambda name, *, args, priority=None: sent.append(args) or "m"
+        dispatch, "task_send", lambda name, *, args, priority=None, queue=None: sent.append(args) or "m"
     )
     SegmentationJob.objects.filter(pk=job.pk).update(
         created_at=SegmentationJob.objects.get(pk=job.pk).created_at.replace(year=2000)
     )
-    assert tasks.reconcile_jobs.apply().get() == {"requeued": [job.pk], "failed": [], "refines_expired": []}
+    assert reconcile_jobs.apply().get() == {
+        "jobs": {"requeued": [job.pk], "failed": []},
+        "refine_requests": {"requeued": [], "failed": [], "expired": []},
+        "shards": {"requeued": [], "failed": []},
+    }
     assert sent == [[job.pk]]

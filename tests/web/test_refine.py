@@ -46,11 +46,11 @@ def refine_setup(user, project, monkeypatch):
     job = job_with_candidates(expression)
     sent: list[tuple[str, list]] = []
     monkeypatch.setattr(
-        "server.web.services.refine.task_send",
-        lambda name, *, args, priority=None: sent.append((name, list(args))),
+        "server.ris.services.dispatch.task_send",
+        lambda name, *, args, priority=None, queue=None: sent.append((name, list(args))),
     )
     engine = FakeEngine()
-    monkeypatch.setattr("workers.web_tasks.engine_get", lambda: engine)
+    monkeypatch.setattr("workers.tasks.engine_access.engine_get", lambda: engine)
     return {
         "image": image,
         "expression": expression,
@@ -62,7 +62,7 @@ def refine_setup(user, project, monkeypatch):
 
 def _run_sent(sent):
     """The fake task runner: run each sent task in this process, as a worker would."""
-    from workers.web_tasks import refine_mask
+    from workers.tasks.refine import refine_mask
 
     results = []
     for name, args in sent:
@@ -109,7 +109,7 @@ def test_refine_flow_stores_and_serves_the_mask(web_client, refine_setup, django
     assert decoded[15, 20] == 1
 
     # A redelivered message does not run the request again.
-    from workers.web_tasks import refine_mask
+    from workers.tasks.refine import refine_mask
 
     assert refine_mask.apply(args=[request_id]).get() == "skipped"
     assert len(refine_setup["engine"].calls) == 1
@@ -187,7 +187,7 @@ def test_lost_refine_requests_are_failed_in_words_by_the_reconciler(
 
     from django.utils import timezone
 
-    from workers.tasks import reconcile_jobs
+    from workers.tasks.reconcile import reconcile_jobs
 
     body = {"image": refine_setup["image"].pk, "points_xy": [[10, 10]], "labels": [1]}
     with django_capture_on_commit_callbacks(execute=True):
@@ -197,7 +197,7 @@ def test_lost_refine_requests_are_failed_in_words_by_the_reconciler(
         state="running", created_at=timezone.now() - timedelta(hours=1)
     )
     report = reconcile_jobs.apply().get()
-    assert report["refines_expired"] == [old_id]
+    assert report["refine_requests"]["expired"] == [old_id]
     old = web_client.get(f"/web/refine/{old_id}/").json()
     assert old["state"] == "failed" and "did not answer" in old["error"]
     assert web_client.get(f"/web/refine/{fresh_id}/").json()["state"] == "queued"

@@ -2,7 +2,9 @@
 
 Submodules: ``projects``, ``images`` (upload and validation), ``image_files`` (decoding for the engine,
 scaled renditions for the browser), ``rle`` (COCO RLE checks), ``expressions``, ``jobs`` (lifecycle,
-dispatch, reconciler), ``reviews``. Nothing here imports torch or ``workers.engine``.
+dispatch, reconciler), ``work`` (the claim / heartbeat / fail / reconcile rules shared by jobs, refine
+requests and benchmark shards), ``dispatch`` (sending tasks by name), ``reviews``. Nothing here imports
+torch or ``workers.engine``.
 """
 
 from server.ris.services.expressions import expression_create
@@ -13,6 +15,7 @@ from server.ris.services.jobs import (
     job_claim,
     job_dispatch,
     job_fail,
+    job_heartbeat,
     job_progress,
     job_retry,
     job_succeed,
@@ -32,6 +35,7 @@ __all__ = [
     "job_claim",
     "job_dispatch",
     "job_fail",
+    "job_heartbeat",
     "job_progress",
     "job_retry",
     "job_succeed",

@@ -1,8 +1,11 @@
 """Hand messages to the broker by task name, so the web process never imports the tasks (or torch).
 
 A broker that is down must not turn an upload or an expression into a 500: the row is already in the
-database, which is the source of truth, and the reconciler (``jobs_reconcile``) sends what was never
-dispatched once the broker is back. So a failed send is logged and reported as ``None``.
+database, which is the source of truth, and the reconciler (``server.ris.services.work.work_reconcile``)
+sends what was never dispatched once the broker is back. So a failed send is logged and reported as ``None``.
+
+The task names below are the workers' Celery names (``workers/tasks/``); they never change, because queued
+messages must survive an upgrade.
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 RUN_SEGMENTATION_JOB = "workers.tasks.run_segmentation_job"
-JOB_QUEUE = "gpu"
 PREPARE_IMAGE = "workers.tasks.prepare_image"
+REFINE_MASK = "workers.web_tasks.refine_mask"
+RUN_BENCHMARK_SHARD = "workers.benchmark_tasks.run_benchmark_shard"
+RECONCILE = "workers.tasks.reconcile_jobs"
+TASK_NAMES = (RUN_SEGMENTATION_JOB, PREPARE_IMAGE, REFINE_MASK, RUN_BENCHMARK_SHARD, RECONCILE)
+JOB_QUEUE = "gpu"
 
 # A web request must not hang on a broker that is down: one quick retry, then the reconciler's turn.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
@@ -25,13 +32,20 @@ PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 
 LOW_PRIORITY = 9
 
 
-def task_send(name: str, *, args: Sequence[Any], priority: int | None = None) -> str | None:
-    """Send task ``name`` with ``args``; return the message id, or ``None`` if the broker refused it."""
+def task_send(
+    name: str, *, args: Sequence[Any], priority: int | None = None, queue: str | None = None
+) -> str | None:
+    """Send task ``name`` with ``args``; return the message id, or ``None`` if the broker refused it.
+
+    ``queue`` overrides the task's route (``CELERY_TASK_ROUTES``); ``priority`` 0 is served first, 9 last.
+    """
     from workers.celery_app import app
 
     options: dict[str, Any] = {}
     if priority is not None:
         options["priority"] = priority
+    if queue:
+        options["queue"] = queue
     try:
         result = app.send_task(
             name, args=list(args), retry=True, retry_policy=PUBLISH_RETRY_POLICY, **options

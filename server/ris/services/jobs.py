@@ -1,20 +1,17 @@
 """The life of a segmentation job: dispatch, claim, progress, success, failure, cancel, retry, reconcile.
 
 The database row is the truth; a queue message carries only the job id and may arrive twice, late, or
-never. So:
+never. The claim, heartbeat, fail and reconciler rules are those of every kind of work
+(``server.ris.services.work``): a job is claimed when queued, on a redelivery of the message that claimed
+it, or when its heartbeat is older than ``RIS_JOB_STALE_SECONDS``; a job whose worker was lost is sent
+again, and failed in words after ``RIS_JOB_MAX_ATTEMPTS`` attempts. What is a job's own:
 
-- ``job_claim`` is a conditional UPDATE (queued -> running): of two workers given one job, one wins.
-  A running job may also be claimed again by the redelivery of its own message (same Celery task id:
-  the worker that had it died before acknowledging) or when its heartbeat is older than
-  ``RIS_JOB_STALE_SECONDS`` (its worker is gone).
 - ``job_succeed`` writes all candidates in one transaction, replacing any earlier ones, and only while
-  the job is still running: a cancelled job stays cancelled, a finished one is not written twice.
-- ``jobs_reconcile`` (run periodically) sends again what the broker may have lost: jobs never
-  dispatched; every queued job dispatched more than ``RESEND_GRACE_SECONDS`` ago when the broker's job
-  queue is empty (a broker restarted empty loses nothing for longer than one reconciler interval);
-  queued jobs dispatched longer ago than the stale time; running jobs without a heartbeat (after
-  ``RIS_JOB_MAX_ATTEMPTS`` lost workers such a job fails in words instead of looping). A message sent
-  twice is harmless: the second delivery finds the job claimed and is skipped.
+  the job is still running (under the worker's attempt, when given): a cancelled job stays cancelled, a
+  finished one is not written twice.
+- ``job_progress`` is the job's heartbeat with a progress figure; it answers False once the job was
+  cancelled, which is how a worker notices a cancel while the engine works.
+- ``job_cancel`` and ``job_retry`` are the user's buttons.
 """
 
 from __future__ import annotations
@@ -22,45 +19,53 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
 from server.ris.errors import Conflict, InvalidInput
 from server.ris.models import Candidate, JobState, SegmentationJob
-from server.ris.services.dispatch import JOB_QUEUE, RUN_SEGMENTATION_JOB, broker_queue_size, task_send
+from server.ris.services.dispatch import RUN_SEGMENTATION_JOB
+from server.ris.services.work import (
+    ReconcileReport,
+    WorkKind,
+    job_stale_seconds,
+    work_claim,
+    work_dispatch,
+    work_fail,
+    work_heartbeat,
+    work_reconcile,
+)
 
 logger = logging.getLogger(__name__)
 
-ERROR_MAX_CHARS = 4000
-RESEND_GRACE_SECONDS = 30
+
+def _words_given_up(job: SegmentationJob) -> str:
+    return (
+        f"The worker running this job stopped responding {job.attempts} times "
+        f"(no heartbeat for {settings.RIS_JOB_STALE_SECONDS} s); it was given up. Retry it, or try a smaller "
+        "image or another pipeline."
+    )
 
 
-def _stale_seconds() -> int:
-    return int(settings.RIS_JOB_STALE_SECONDS)
-
-
-def _max_attempts() -> int:
-    return int(getattr(settings, "RIS_JOB_MAX_ATTEMPTS", 3))
+JOB_WORK = WorkKind(
+    label="job",
+    model=SegmentationJob,
+    task_name=RUN_SEGMENTATION_JOB,
+    stale_seconds=job_stale_seconds,
+    words_given_up=_words_given_up,
+    related=("expression__image",),
+    resets={"progress": 0.0, "error": ""},
+)
 
 
 def job_dispatch(*, job_id: int) -> bool:
     """Send the job's message now and record when; False if the broker refused (reconciled later)."""
-    message_id = task_send(RUN_SEGMENTATION_JOB, args=[job_id])
-    if message_id is None:
-        return False
-    # Only a job still queued records the message: a job claimed meanwhile keeps its claimer's message
-    # id, so this later copy of the message finds it taken and is skipped.
-    SegmentationJob.objects.filter(pk=job_id, state=JobState.QUEUED).update(
-        dispatched_at=timezone.now(), celery_task_id=message_id
-    )
-    return True
+    return work_dispatch(JOB_WORK, pk=job_id)
 
 
 def job_enqueue_on_commit(*, job_id: int) -> None:
@@ -71,42 +76,22 @@ def job_enqueue_on_commit(*, job_id: int) -> None:
 def job_claim(*, job_id: int, worker: str, task_id: str = "") -> SegmentationJob | None:
     """Mark the job running for ``worker`` and count the attempt; None if it is not this worker's to run.
 
-    Returns the job (with its expression and image loaded), or None when the job does not exist, is
-    finished or cancelled, or is running under a live worker. The claim records ``task_id`` as the job's
-    message: only a redelivery of the very message that claimed it may take a running job over, never
-    another copy sent by the reconciler while the job waited (that would run it twice at once).
+    The claim rule of all work (``work_claim``). Returns the job with its expression and image loaded
+    (``job.attempts`` is this attempt's number), or None when the job does not exist, is finished or
+    cancelled, or is running under a live worker.
     """
-    now = timezone.now()
-    takeover = Q(state=JobState.RUNNING, heartbeat_at__lt=now - timedelta(seconds=_stale_seconds()))
-    if task_id:
-        takeover |= Q(state=JobState.RUNNING, celery_task_id=task_id)
-    claimed = (
-        SegmentationJob.objects.filter(pk=job_id)
-        .filter(Q(state=JobState.QUEUED) | takeover)
-        .update(
-            state=JobState.RUNNING,
-            attempts=F("attempts") + 1,
-            started_at=now,
-            heartbeat_at=now,
-            finished_at=None,
-            worker=worker[:255],
-            progress=0.0,
-            error="",
-            **({"celery_task_id": task_id[:64]} if task_id else {}),
-        )
-    )
-    if claimed == 0:
-        return None
-    return SegmentationJob.objects.select_related("expression__image").get(pk=job_id)
+    return work_claim(JOB_WORK, pk=job_id, worker=worker, task_id=task_id)
 
 
-def job_progress(*, job_id: int, progress: float) -> bool:
+def job_heartbeat(*, job_id: int, attempt: int | None = None) -> bool:
+    """Record a heartbeat; False if the job is no longer running (under ``attempt`` when given)."""
+    return work_heartbeat(JOB_WORK, pk=job_id, attempt=attempt)
+
+
+def job_progress(*, job_id: int, progress: float, attempt: int | None = None) -> bool:
     """Record progress (0-1) and a heartbeat; False if the job is no longer running (e.g. cancelled)."""
     value = min(1.0, max(0.0, float(progress)))
-    updated = SegmentationJob.objects.filter(pk=job_id, state=JobState.RUNNING).update(
-        progress=value, heartbeat_at=timezone.now()
-    )
-    return updated == 1
+    return work_heartbeat(JOB_WORK, pk=job_id, attempt=attempt, progress=value)
 
 
 def job_succeed(
@@ -115,13 +100,15 @@ def job_succeed(
     candidates: Sequence[Mapping[str, Any]],
     timings: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
+    attempt: int | None = None,
 ) -> bool:
     """Write the job's candidates (replacing any earlier ones) and mark it succeeded, in one transaction.
 
     ``candidates``: dicts as ``workers.engine.core.types.Candidate.to_json()`` gives them (rank, rle,
     bbox_xyxy, area, score, components). ``config``: the full config the worker resolved and ran with.
     Returns False, writing nothing, when the job is no longer running (cancelled, or already finished
-    by another delivery of its message). Raises ``InvalidInput`` for a malformed candidate.
+    by another delivery of its message), or, with ``attempt``, running under another attempt (taken over).
+    Raises ``InvalidInput`` for a malformed candidate.
     """
     rows = [_candidate_row(job_id, item, index) for index, item in enumerate(candidates)]
     ranks = [row.rank for row in rows]
@@ -129,8 +116,14 @@ def job_succeed(
         raise InvalidInput(f"The engine returned candidates with repeated ranks: {sorted(ranks)}.")
     with transaction.atomic():
         job = SegmentationJob.objects.select_for_update().get(pk=job_id)
-        if job.state != JobState.RUNNING:
-            logger.info("Job %s is %s; its result from this attempt is discarded", job_id, job.state)
+        if job.state != JobState.RUNNING or (attempt is not None and job.attempts != attempt):
+            logger.info(
+                "Job %s is %s (attempt %s); the result of attempt %s is discarded",
+                job_id,
+                job.state,
+                job.attempts,
+                attempt,
+            )
             return False
         Candidate.objects.filter(job_id=job_id).delete()
         Candidate.objects.bulk_create(rows)
@@ -147,16 +140,17 @@ def job_succeed(
     return True
 
 
-def job_fail(*, job_id: int, error: str, timings: Mapping[str, Any] | None = None) -> bool:
-    """Mark a queued or running job failed with ``error`` in words; False if it had already ended."""
-    message = (error or "The job failed without a message.").strip()[:ERROR_MAX_CHARS]
-    values: dict[str, Any] = {"state": JobState.FAILED, "error": message, "finished_at": timezone.now()}
-    if timings is not None:
-        values["timings"] = dict(timings)
-    updated = SegmentationJob.objects.filter(pk=job_id, state__in=[JobState.QUEUED, JobState.RUNNING]).update(
-        **values
+def job_fail(
+    *, job_id: int, error: str, timings: Mapping[str, Any] | None = None, attempt: int | None = None
+) -> bool:
+    """Mark a queued or running job failed with ``error`` in words; False if it had already ended.
+
+    With ``attempt``, only a job still running under that attempt is failed.
+    """
+    values = {"timings": dict(timings)} if timings is not None else {}
+    return work_fail(
+        JOB_WORK, pk=job_id, error=error or "The job failed without a message.", attempt=attempt, **values
     )
-    return updated == 1
 
 
 def job_cancel(*, job: SegmentationJob) -> SegmentationJob:
@@ -192,55 +186,9 @@ def job_retry(*, job: SegmentationJob) -> SegmentationJob:
     return job
 
 
-@dataclass
-class ReconcileReport:
-    """What one reconciler pass did: job ids sent again, and ids failed after too many lost workers."""
-
-    requeued: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
-
-
 def jobs_reconcile(*, now: datetime | None = None) -> ReconcileReport:
-    """Send again the jobs whose message may be lost; fail those whose workers died too often."""
-    now = now or timezone.now()
-    stale_before = now - timedelta(seconds=_stale_seconds())
-    grace_before = now - timedelta(seconds=min(RESEND_GRACE_SECONDS, _stale_seconds()))
-    report = ReconcileReport()
-
-    no_heartbeat = Q(heartbeat_at__lt=stale_before) | Q(
-        heartbeat_at__isnull=True, started_at__lt=stale_before
-    )
-    lost_workers = SegmentationJob.objects.filter(no_heartbeat, state=JobState.RUNNING)
-    for job in lost_workers.only("id", "attempts"):
-        if job.attempts >= _max_attempts():
-            message = (
-                f"The worker running this job stopped responding {job.attempts} times "
-                f"(no heartbeat for {_stale_seconds()} s); it was given up. Retry it, or try a smaller image "
-                "or another pipeline."
-            )
-            if SegmentationJob.objects.filter(no_heartbeat, pk=job.pk, state=JobState.RUNNING).update(
-                state=JobState.FAILED, error=message, finished_at=now
-            ):
-                report.failed.append(job.pk)
-            continue
-        if SegmentationJob.objects.filter(no_heartbeat, pk=job.pk, state=JobState.RUNNING).update(
-            state=JobState.QUEUED, worker="", progress=0.0
-        ):
-            report.requeued.append(job.pk)
-
-    lost = Q(dispatched_at__isnull=True, created_at__lt=grace_before) | Q(dispatched_at__lt=stale_before)
-    waiting = SegmentationJob.objects.filter(state=JobState.QUEUED, dispatched_at__lt=grace_before)
-    if waiting.exists() and broker_queue_size(JOB_QUEUE) == 0:
-        lost |= Q(dispatched_at__lt=grace_before)  # the broker holds none of them: it lost them
-    lost_messages = SegmentationJob.objects.filter(lost, state=JobState.QUEUED)
-    report.requeued.extend(
-        pk for pk in lost_messages.values_list("id", flat=True) if pk not in report.requeued
-    )
-    for job_id in report.requeued:
-        job_dispatch(job_id=job_id)
-    if report.requeued or report.failed:
-        logger.info("Reconciler: sent again %s, failed %s", report.requeued, report.failed)
-    return report
+    """Send again the jobs whose message or worker was lost; fail those whose workers died too often."""
+    return work_reconcile(JOB_WORK, now=now)
 
 
 def _candidate_row(job_id: int, item: Mapping[str, Any], index: int) -> Candidate:

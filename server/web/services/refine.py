@@ -2,29 +2,76 @@
 
 ``refine_request_create`` checks the prompts and stores the request; the task
 ``workers.web_tasks.refine_mask`` is sent by name when the transaction commits (the web process never
-imports the engine). The worker claims the request with a conditional update (a redelivered message
-does not run it twice), calls the engine, and stores the answer with ``refine_request_succeed`` or the
-reason in words with ``refine_request_fail``.
+imports the engine). A request lives by the rules of every kind of work (``server.ris.services.work``):
+the worker claims it (queued; or running, on a redelivery of the message that claimed it or once its
+heartbeat is stale), beats while SAM works, and stores the answer with ``refine_request_succeed`` or the
+reason in words with ``refine_request_fail``; the reconciler sends again a request whose message or
+worker was lost (``refine_requests_reconcile``).
+
+A refine is interactive, so on top of that a request not answered within ``RIS_REFINE_STALE_SECONDS`` is
+ended with a message saying what happened (``refine_requests_expire``): nobody picked it up, or the worker
+that had it stopped responding. The page shows it and one more click asks again.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from server.ris.errors import InvalidInput
 from server.ris.models import Candidate, Expression, Image
-from server.ris.services.dispatch import task_send
+from server.ris.services.dispatch import REFINE_MASK
 from server.ris.services.rle import rle_area, rle_validate
+from server.ris.services.work import (
+    WorkKind,
+    work_claim,
+    work_dispatch,
+    work_fail,
+    work_heartbeat,
+    work_reconcile,
+    work_running,
+)
 from server.web.models import RefineRequest, RefineState
 
-REFINE_TASK = "workers.web_tasks.refine_mask"
+REFINE_TASK = REFINE_MASK
 MAX_POINTS = 64
+ERROR_MAX_CHARS = 2000
+
+
+def refine_stale_seconds() -> float:
+    """Seconds without a heartbeat after which a running refine lost its worker.
+
+    Half of ``RIS_REFINE_STALE_SECONDS`` (so a request whose worker vanished is run once more before it
+    expires), never more than ``RIS_JOB_STALE_SECONDS``.
+    """
+    return max(1.0, min(float(settings.RIS_JOB_STALE_SECONDS), float(settings.RIS_REFINE_STALE_SECONDS) / 2))
+
+
+def _words_given_up(request: RefineRequest) -> str:
+    return (
+        f"SAM could not refine the mask: the worker stopped responding {request.attempts} times "
+        f"(no heartbeat for {refine_stale_seconds():.0f} s). Click again to retry."
+    )
+
+
+REFINE_WORK = WorkKind(
+    label="refine request",
+    model=RefineRequest,
+    task_name=REFINE_MASK,
+    stale_seconds=refine_stale_seconds,
+    words_given_up=_words_given_up,
+    related=("image",),
+    resets={"error": ""},
+)
 
 
 def _number(value: Any, what: str) -> float:
@@ -129,44 +176,58 @@ def refine_request_create(
             requested_by=requested_by,
         )
         request_id = request.pk
-        transaction.on_commit(lambda: task_send(REFINE_TASK, args=[request_id]))
+        transaction.on_commit(lambda: refine_request_dispatch(request_id=request_id))
     return request
 
 
-def refine_request_claim(*, request_id: int) -> RefineRequest | None:
-    """Move a queued request to running; None if it is not queued any more (already taken or done)."""
-    taken = RefineRequest.objects.filter(pk=request_id, state=RefineState.QUEUED).update(
-        state=RefineState.RUNNING, started_at=timezone.now()
-    )
-    if not taken:
-        return None
-    return RefineRequest.objects.select_related("image").get(pk=request_id)
+def refine_request_dispatch(*, request_id: int) -> bool:
+    """Send the request's message now and record when; False if the broker refused (reconciled later)."""
+    return work_dispatch(REFINE_WORK, pk=request_id)
+
+
+def refine_request_claim(*, request_id: int, worker: str = "", task_id: str = "") -> RefineRequest | None:
+    """Mark the request running for ``worker`` and count the attempt; None if it is not this worker's to run.
+
+    The claim rule of all work (``work_claim``): queued, or running on a redelivery of the message that
+    claimed it (``task_id``), or running with a stale heartbeat. Returns the request with its image loaded.
+    """
+    return work_claim(REFINE_WORK, pk=request_id, worker=worker, task_id=task_id)
+
+
+def refine_request_heartbeat(*, request_id: int, attempt: int | None = None) -> bool:
+    """Record a heartbeat; False if the request is no longer running (under ``attempt`` when given)."""
+    return work_heartbeat(REFINE_WORK, pk=request_id, attempt=attempt)
 
 
 def refine_request_succeed(
-    *, request_id: int, rle: dict[str, Any], seconds: float | None = None
-) -> RefineRequest:
-    """Store the refined mask (validated against the image's size) and mark the request succeeded."""
-    request = RefineRequest.objects.select_related("image").get(pk=request_id)
-    clean = rle_validate(rle, height=request.image.height, width=request.image.width, field="refined mask")
-    request.result_rle = clean
-    request.result_area = rle_area(clean)
-    request.state = RefineState.SUCCEEDED
-    request.error = ""
-    request.seconds = seconds
-    request.finished_at = timezone.now()
-    request.save(update_fields=["result_rle", "result_area", "state", "error", "seconds", "finished_at"])
-    return request
+    *, request_id: int, rle: dict[str, Any], seconds: float | None = None, attempt: int | None = None
+) -> bool:
+    """Store the refined mask (validated against the image's size) and mark the request succeeded.
+
+    Returns False, writing nothing, when the request is no longer running (expired, or answered by
+    another delivery), or, with ``attempt``, running under another attempt. Raises ``InvalidInput`` when
+    the mask does not fit the image.
+    """
+    with transaction.atomic():
+        request = work_running(REFINE_WORK, pk=request_id, attempt=attempt).select_for_update().first()
+        if request is None:
+            return False
+        image = request.image
+        clean = rle_validate(rle, height=image.height, width=image.width, field="refined mask")
+        request.result_rle = clean
+        request.result_area = rle_area(clean)
+        request.state = RefineState.SUCCEEDED
+        request.error = ""
+        request.seconds = seconds
+        request.finished_at = timezone.now()
+        request.save(update_fields=["result_rle", "result_area", "state", "error", "seconds", "finished_at"])
+    return True
 
 
-def refine_request_fail(*, request_id: int, error: str) -> RefineRequest:
-    """Mark the request failed with the reason in words."""
-    request = RefineRequest.objects.get(pk=request_id)
-    request.state = RefineState.FAILED
-    request.error = error[:2000]
-    request.finished_at = timezone.now()
-    request.save(update_fields=["state", "error", "finished_at"])
-    return request
+def refine_request_fail(*, request_id: int, error: str, attempt: int | None = None) -> bool:
+    """Mark the request failed with the reason in words; False if it had already ended (or, with
+    ``attempt``, is running under another attempt)."""
+    return work_fail(REFINE_WORK, pk=request_id, error=error[:ERROR_MAX_CHARS], attempt=attempt)
 
 
 def refine_request_json(request: RefineRequest) -> dict[str, Any]:
@@ -186,30 +247,52 @@ def refine_request_json(request: RefineRequest) -> dict[str, Any]:
     }
 
 
-def refine_requests_expire(*, now: Any = None, stale_seconds: int | None = None) -> list[int]:
-    """Fail refine requests that waited or ran longer than ``stale_seconds`` (default ``RIS_REFINE_STALE_SECONDS``).
+def refine_requests_expire(*, now: datetime | None = None, stale_seconds: int | None = None) -> list[int]:
+    """Fail refine requests not answered within ``stale_seconds`` (default ``RIS_REFINE_STALE_SECONDS``).
 
-    A click-to-refine is interactive: when its worker was lost, sending it again minutes later helps
-    nobody, but a page polling a request that never ends hangs the annotator. So the periodic
-    reconciler ends such requests with the reason in words; the page shows it, and the correction in
-    progress (kept in the browser) is untouched, so one more click retries. Returns the failed ids.
+    A click-to-refine is interactive: a page polling a request that never ends hangs the annotator. So the
+    periodic reconciler ends such requests with what happened in words (no worker picked the request up;
+    or the worker that had it stopped responding); the page shows it, and the correction in progress
+    (kept in the browser) is untouched, so one more click retries. Returns the failed ids.
     """
-    from datetime import timedelta
-
-    from django.conf import settings
-
     now = now or timezone.now()
-    stale = stale_seconds if stale_seconds is not None else settings.RIS_REFINE_STALE_SECONDS
-    cutoff = now - timedelta(seconds=stale)
-    lost = list(
-        RefineRequest.objects.filter(
-            state__in=[RefineState.QUEUED, RefineState.RUNNING], created_at__lt=cutoff
-        ).values_list("pk", flat=True)
+    stale = stale_seconds if stale_seconds is not None else int(settings.RIS_REFINE_STALE_SECONDS)
+    old = RefineRequest.objects.filter(
+        state__in=[RefineState.QUEUED, RefineState.RUNNING], created_at__lt=now - timedelta(seconds=stale)
     )
-    if lost:
-        RefineRequest.objects.filter(pk__in=lost, state__in=[RefineState.QUEUED, RefineState.RUNNING]).update(
-            state=RefineState.FAILED,
-            error=f"The model did not answer within {stale} s (its worker may have stopped). Click again to retry.",
-            finished_at=now,
-        )
-    return lost
+    never_taken = Q(state=RefineState.QUEUED, attempts=0)
+    messages = {
+        True: (
+            f"The model did not answer within {stale} s: no worker picked the request up (are the workers "
+            "running, or all busy with long jobs?). Click again to retry."
+        ),
+        False: (
+            f"The model did not answer within {stale} s: the worker refining it stopped responding. "
+            "Click again to retry."
+        ),
+    }
+    expired: list[int] = []
+    for unclaimed, message in messages.items():
+        rows = old.filter(never_taken) if unclaimed else old.exclude(never_taken)
+        ids = list(rows.values_list("pk", flat=True))
+        if ids and RefineRequest.objects.filter(
+            pk__in=ids, state__in=[RefineState.QUEUED, RefineState.RUNNING]
+        ).update(state=RefineState.FAILED, error=message, finished_at=now):
+            expired.extend(ids)
+    return sorted(expired)
+
+
+@dataclass
+class RefineReconcileReport:
+    """What one reconciler pass did to refine requests: sent again, failed after lost workers, expired."""
+
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    expired: list[int] = field(default_factory=list)
+
+
+def refine_requests_reconcile(*, now: datetime | None = None) -> RefineReconcileReport:
+    """Expire requests not answered in time, then send again those whose message or worker was lost."""
+    expired = refine_requests_expire(now=now)
+    report = work_reconcile(REFINE_WORK, now=now)
+    return RefineReconcileReport(requeued=report.requeued, failed=report.failed, expired=expired)

@@ -24,7 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-SHARD_TASK = "workers.benchmark_tasks.run_benchmark_shard"
+from server.benchmarks.services import SHARD_TASK
 
 
 def build_engine(device: str | None) -> Any:
@@ -252,7 +252,6 @@ class Command(BaseCommand):
     def _run_distributed(self, run: Any, session: Any, opts: dict) -> dict[str, dict]:
         """Send the shards, wait for the workers; the configs the workers ran (one per pipeline)."""
         from server.benchmarks import selectors, services
-        from workers.celery_app import app
 
         if opts["device"]:
             self.stderr.write(
@@ -268,9 +267,12 @@ class Command(BaseCommand):
                 run=run,
                 shards=[([g.image_id for g in cut], sum(len(g.sentences) for g in cut)) for cut in cuts],
             )
-        options = {"queue": opts["queue"]} if opts["queue"] else {}
         for shard in shards:
-            app.send_task(SHARD_TASK, args=[shard.pk], **options)
+            if not services.shard_dispatch(shard=shard, queue=opts["queue"] or ""):
+                raise CommandError(
+                    f"could not send shard {shard.index} to the broker (is it running?); "
+                    "run the command again with --resume once it is"
+                )
         queue = opts["queue"] or settings.CELERY_TASK_ROUTES.get(SHARD_TASK, {}).get("queue", "default")
         self.stdout.write(
             f"Sent {len(shards)} shard task(s) to queue {queue!r}; waiting for workers "

@@ -1,0 +1,118 @@
+"""Segmentation jobs: ``run_segmentation_job`` (a job id in, the ranked candidates stored) and
+``prepare_image`` (a low-priority warm-up of an image's engine work).
+
+The job runs through the shared lifecycle (``workers.tasks.lifecycle``): claimed by the rule of all work,
+a heartbeat while it runs (a cancelled job is noticed and its result not written), the error in words on
+the job, database-unavailable retries with backoff. The body loads the image, asks the engine for the
+expression's ranked candidates, and ``job_succeed`` writes them with the config that actually ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from workers.celery_app import app
+from workers.tasks import engine_access
+from workers.tasks.lifecycle import DB_RETRY_MAX, Lifecycle, Work, run_work
+
+logger = logging.getLogger(__name__)
+
+
+def _lifecycle() -> Lifecycle:
+    from server.ris.services import job_claim, job_fail
+    from server.ris.services.jobs import job_heartbeat
+    from server.ris.services.work import job_stale_seconds
+
+    return Lifecycle(
+        label="Job",
+        claim=lambda *, pk, worker, task_id: job_claim(job_id=pk, worker=worker, task_id=task_id),
+        beat=lambda *, pk, attempt: job_heartbeat(job_id=pk, attempt=attempt),
+        fail=lambda work, words: job_fail(
+            job_id=work.row.pk, error=words, timings=work.notes, attempt=work.attempt
+        ),
+        stale_seconds=job_stale_seconds,
+    )
+
+
+def _segment(work: Work) -> str:
+    """Run the engine on the claimed job and store its candidates; the outcome in one word."""
+    from server.ris.services import image_load_rgb, job_progress, job_succeed
+
+    job = work.row
+    timings = work.notes
+    timings["queue_wait_s"] = (job.started_at - job.created_at).total_seconds() if job.started_at else None
+    timings["attempt"] = work.attempt
+    started = time.perf_counter()
+    image = job.expression.image
+    rgb = image_load_rgb(image)
+    timings["load_image_s"] = time.perf_counter() - started
+    if not job_progress(job_id=job.pk, progress=0.1, attempt=work.attempt):
+        return "cancelled"
+    engine = engine_access.engine_get()
+    started = time.perf_counter()
+    with engine.meter.capture() as meter:
+        prediction = engine.predict(
+            engine_access.image_input(rgb, image.sha256),
+            [job.expression.text],
+            pipeline=job.pipeline,
+            config=job.config,
+            top_k=settings.RIS_CANDIDATES_KEPT,
+        )
+    timings["predict_s"] = time.perf_counter() - started
+    if work.stopped:
+        logger.info(
+            "Job %s is no longer running (cancelled?); %s s of work discarded, nothing written",
+            job.pk,
+            round(timings["predict_s"], 1),
+        )
+        return "cancelled"
+    timings["engine"] = meter.snapshot()
+    ranked = prediction.candidates
+    candidates = [candidate.to_json() for candidate in (ranked[0] if ranked else [])]
+    if not job_succeed(
+        job_id=job.pk, candidates=candidates, timings=timings, config=prediction.config, attempt=work.attempt
+    ):
+        return "discarded"
+    return "succeeded"
+
+
+@app.task(bind=True, name="workers.tasks.run_segmentation_job", max_retries=DB_RETRY_MAX, acks_late=True)
+def run_segmentation_job(self: Any, job_id: int) -> str:
+    """Claim job ``job_id``, segment its expression on its image, store the ranked candidates.
+
+    Returns ``succeeded``, ``failed`` (the error is on the job), ``skipped`` (not claimable),
+    ``cancelled`` (cancelled while it ran) or ``discarded`` (finished meanwhile by another delivery).
+    """
+    return run_work(self, _lifecycle(), job_id, _segment)
+
+
+@app.task(bind=True, name="workers.tasks.prepare_image", max_retries=0, ignore_result=True)
+def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
+    """Warm-up at low priority: do an image's image-level engine work into the cache ahead of time.
+
+    Not a work row: nothing waits on it, so it has no claim and no retry; a failure costs only time
+    (the image's first job does the work itself) and is logged.
+    """
+    from server.ris.models import Image
+    from server.ris.services import image_load_rgb
+
+    image = Image.objects.filter(pk=image_id).first()
+    if image is None:
+        return "missing"
+    try:
+        engine = engine_access.engine_get()
+        engine.prepare(
+            engine_access.image_input(image_load_rgb(image), image.sha256),
+            pipeline=pipeline or settings.RIS_DEFAULT_PIPELINE,
+        )
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:  # a warm-up that fails costs only time: the job does the work itself
+        logger.exception("Preparing image %s failed; its first job will do the image work", image_id)
+        return "failed"
+    return "prepared"
