@@ -1,25 +1,29 @@
 # Two commands do all the set-up on a fresh clone:
 #   make run   installs, migrates, prepares the model store and serves the app with its worker
 #   make test  installs and runs every test against real PostgreSQL and Redis
+# Both use one .venv filled from requirements/dev.lock, which holds every pin (web + worker + dev sets; the
+# web and worker images install the smaller requirements/web.lock and requirements/worker.lock).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+LOCKS := $(sort $(wildcard requirements/*.lock))
+# The stamp's name changes whenever any lock or pyproject.toml changes, so the next make installs again.
+STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ris
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/14
 
-.PHONY: install run test lint models bench clean
+.PHONY: install run test lint locks models bench clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): $(LOCKS) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.lock
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -45,6 +49,11 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/lock-check.py
+
+# After editing a pin in requirements/dev.lock: install it, then cut web.lock and worker.lock out of it.
+locks: install
+	$(PY) scripts/lock-check.py --write
 
 bench: install
 	$(PY) scripts/bench_engine.py

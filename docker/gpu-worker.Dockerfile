@@ -1,6 +1,11 @@
 # GPU worker image: one Celery worker process per GPU (solo pool: no fork after CUDA is initialised),
 # models loaded once per process and kept under a memory budget. The model store is a per-machine volume.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# It installs requirements/worker.lock: the web set plus the engine. torch==2.14.1 there is PyPI's CUDA 13.0
+# build, which brings its own CUDA runtime, cuDNN and NCCL as nvidia-*-cu13 wheels (pinned in the lock), so
+# the base needs no CUDA libraries of its own: the CUDA 13.0 `base` image only declares the requirement
+# (NVIDIA_REQUIRE_CUDA), and the container toolkit refuses a host driver too old for it (CUDA 13.0 needs
+# driver 580 or newer) instead of torch failing later.
+FROM nvidia/cuda:13.0.2-base-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     RIS_ENV=production RIS_MODEL_DIR=/models RIS_CACHE_DIR=/var/cache/ris RIS_DEVICE=cuda RIS_MODEL_PROFILE=paper
@@ -11,8 +16,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends software-proper
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/* && python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.lock pyproject.toml ./
-RUN pip install -r requirements.lock
+COPY requirements/worker.lock requirements/
+# --no-deps: exactly the lock's pins, nothing resolved on the side; pip check proves the set is complete.
+RUN pip install --no-deps -r requirements/worker.lock && pip check
 COPY . .
 RUN useradd --create-home --uid 1000 ris && mkdir -p /models /var/cache/ris && chown -R ris /models /var/cache/ris
 USER ris

@@ -1,5 +1,6 @@
-# Web image: Django behind gunicorn, static files served by WhiteNoise. The web process never imports torch,
-# but it shares the one lock file with the workers so both run the same code and versions.
+# Web image: Django behind gunicorn, static files served by WhiteNoise; compose also runs the beat, the light
+# worker and Flower from it. It installs only the web set (requirements/web.lock: no torch, no CUDA, no engine
+# libraries); the worker image's lock holds the same pins plus the engine's, so both run the same versions.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -7,10 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     RIS_STATIC_ROOT=/app/staticfiles
 WORKDIR /app
 
-RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 curl \
+# curl for the health check; the web set's wheels (Pillow, NumPy, pycocotools, psycopg) bring their own libraries.
+RUN apt-get update && apt-get install -y --no-install-recommends curl \
     && rm -rf /var/lib/apt/lists/*
-COPY requirements.lock pyproject.toml ./
-RUN pip install -r requirements.lock
+COPY requirements/web.lock requirements/
+# --no-deps: exactly the lock's pins, nothing resolved on the side; pip check proves the set is complete.
+RUN pip install --no-deps -r requirements/web.lock && pip check
 COPY . .
 # collectstatic needs a secret in production mode; this one exists only during the build.
 RUN DJANGO_SECRET_KEY=build-only-secret-build-only-secret-0000 python manage.py collectstatic --noinput \

@@ -67,11 +67,50 @@ def test_web_image_runs_gunicorn_and_collects_static() -> None:
     steps = _dockerfile("web.Dockerfile")
     assert steps[0][0] == "FROM" and "python:3.11" in steps[0][1]
     runs = " ".join(rest for kw, rest in steps if kw == "RUN")
-    assert "collectstatic" in runs and "requirements.lock" in runs
+    assert "collectstatic" in runs
     cmd = next(rest for kw, rest in steps if kw == "CMD")
     assert "gunicorn server.config.wsgi:application" in cmd
     assert any(kw == "HEALTHCHECK" and "/healthz" in rest for kw, rest in steps)
     assert any(kw == "USER" and rest != "root" for kw, rest in steps)
+
+
+def _installed_locks(name: str) -> list[str]:
+    """The lock files a Dockerfile's RUN steps install with ``pip install -r``."""
+    runs = " ".join(rest for kw, rest in _dockerfile(name) if kw == "RUN")
+    return re.findall(r"pip install [^&;]*?-r (\S+)", runs)
+
+
+def _lock_names(path: str) -> dict[str, str]:
+    lines = (DOCKER.parent / path).read_text().splitlines()
+    return {
+        name.strip().lower().replace("_", "-"): version
+        for name, _, version in (line.partition("==") for line in lines if line and not line.startswith("#"))
+    }
+
+
+def test_web_image_installs_only_the_web_lock_and_no_torch() -> None:
+    steps = _dockerfile("web.Dockerfile")
+    assert _installed_locks("web.Dockerfile") == ["requirements/web.lock"]
+    runs = " ".join(rest for kw, rest in steps if kw == "RUN")
+    assert "--no-deps" in runs and "pip check" in runs, "exactly the lock's pins, checked complete"
+    assert not re.search(r"torch|nvidia|cuda|worker\.lock|dev\.lock|requirements\.lock", runs), runs
+    web = _lock_names("requirements/web.lock")
+    engine = {"torch", "torchvision", "triton", "transformers", "diffusers", "open-clip-torch", "spacy"}
+    assert not engine & web.keys() and not [n for n in web if n.startswith(("nvidia-", "cuda-"))]
+    assert {"django", "gunicorn", "celery", "flower", "whitenoise"} <= web.keys()
+
+
+def test_gpu_worker_image_installs_the_worker_lock_on_a_matching_cuda_base() -> None:
+    steps = _dockerfile("gpu-worker.Dockerfile")
+    assert _installed_locks("gpu-worker.Dockerfile") == ["requirements/worker.lock"]
+    worker = _lock_names("requirements/worker.lock")
+    assert worker["torch"] == "2.14.1" and "nvidia-cudnn-cu13" in worker
+    # PyPI's torch brings its CUDA libraries as wheels; the base image's CUDA must be the same major.minor.
+    cuda = re.match(r"nvidia/cuda:(\d+\.\d+)\.", steps[0][1])
+    assert cuda and worker["cuda-toolkit"].startswith(cuda.group(1) + "."), (
+        steps[0][1],
+        worker["cuda-toolkit"],
+    )
 
 
 def test_gpu_worker_image_is_cuda_based_and_never_forks() -> None:
