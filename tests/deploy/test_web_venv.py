@@ -165,7 +165,9 @@ client.force_login(user)
 schema = client.get("/api/schema/")
 assert schema.status_code == 200 and b"openapi:" in schema.content, schema.status_code
 assert b"/api/projects/" in schema.content
-engine = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision") or name.startswith("workers.engine"))
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision", "open_clip", "transformers", "diffusers"))
+assert not heavy, heavy
+engine = sorted(name for name in sys.modules if name.startswith(("workers.engine.runtime", "workers.engine.hub")))
 assert not engine, engine
 print("served", application.__class__.__name__)
 """
@@ -187,7 +189,7 @@ from django.conf import settings
 app.loader.import_default_modules()  # the task modules a worker imports (the light worker, the beat)
 for entry in settings.CELERY_BEAT_SCHEDULE.values():
     print(entry["task"], app.tasks[entry["task"]]())
-assert not [name for name in sys.modules if name.split(".")[0] == "torch" or name.startswith("workers.engine")]
+assert not [name for name in sys.modules if name.split(".")[0] == "torch" or name.startswith(("workers.engine.runtime", "workers.engine.hub"))]
 """
 
 

@@ -34,8 +34,8 @@ from workers.engine.core.types import ImageInput
 from workers.engine.methods.catalogue import default_config, pipeline_names
 from workers.engine.methods.registry import build_pipeline
 from workers.engine.methods.tas import pipeline as tas_module
-from workers.engine.methods.tas.config import TasConfig
-from workers.engine.methods.tas.lexicon import SynonymRule, WordNetMissingError
+from workers.engine.methods.tas.config import SynonymRule, TasConfig
+from workers.engine.methods.tas.lexicon import WordNetMissingError
 from workers.engine.methods.tas.pipeline import TasPipeline, combine_scores, negative_phrases
 from workers.engine.runtime import Engine
 

@@ -14,13 +14,32 @@ from workers.engine.blocks.clip.config import ClipFeatureConfig
 from workers.engine.blocks.proposals.config import TAS_AMG_CONFIG, AmgConfig
 from workers.engine.core.config import Config, setting, sub_config
 from workers.engine.core.errors import ConfigError
-from workers.engine.methods.tas.lexicon import SynonymRule
 from workers.engine.methods.tas.vocabulary import (
     DEFAULT_VOCABULARY,
     MATCH_CHOICES,
     TAS_CODE_VOCABULARY,
     check_vocabulary,
 )
+
+
+@dataclass(frozen=True)
+class SynonymRule:
+    """When two nouns count as near-synonyms (``workers.engine.methods.tas.lexicon``).
+
+    Attributes:
+        min_shared_senses: pairs of senses over the similarity threshold needed (TAS: 3).
+        min_path_similarity: a pair counts when its path similarity is strictly above this (TAS: 0.9).
+        same_lemma: equal lemmas are near-synonyms whatever WordNet says (ours; TAS: no).
+        nouns_only: compare noun senses only (ours; TAS compares every part of speech).
+        use_wordnet: ``False`` compares lemmas only (the fallback without WordNet).
+    """
+
+    min_shared_senses: int = 3
+    min_path_similarity: float = 0.9
+    same_lemma: bool = True
+    nouns_only: bool = True
+    use_wordnet: bool = True
+
 
 NORMALIZATION_CHOICES = ("minmax", "none")
 LEXICON_FALLBACK_CHOICES = ("error", "exact")

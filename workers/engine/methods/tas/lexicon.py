@@ -46,6 +46,7 @@ from typing import Any
 
 from workers.engine.core.errors import EngineError
 from workers.engine.core.settings import project_path, var_dir
+from workers.engine.methods.tas.config import SynonymRule
 
 log = logging.getLogger(__name__)
 
@@ -270,25 +271,6 @@ def _open_reader(root: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------
 # Near-synonyms
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SynonymRule:
-    """When two nouns count as near-synonyms (see the module docstring).
-
-    Attributes:
-        min_shared_senses: pairs of senses over the similarity threshold needed (TAS: 3).
-        min_path_similarity: a pair counts when its path similarity is strictly above this (TAS: 0.9).
-        same_lemma: equal lemmas are near-synonyms whatever WordNet says (ours; TAS: no).
-        nouns_only: compare noun senses only (ours; TAS compares every part of speech).
-        use_wordnet: ``False`` compares lemmas only (the fallback without WordNet).
-    """
-
-    min_shared_senses: int = 3
-    min_path_similarity: float = 0.9
-    same_lemma: bool = True
-    nouns_only: bool = True
-    use_wordnet: bool = True
 
 
 @dataclass(frozen=True)
