@@ -115,7 +115,7 @@ class Kind:
 
 @pytest.fixture(scope="session")
 def refer_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.engine.synthetic_refer import write_synthetic_refcoco
+    from workers.engine.data.synthetic import write_synthetic_refcoco
 
     root = tmp_path_factory.mktemp("work-refer")
     write_synthetic_refcoco(root, 2, seed=3)
