@@ -191,7 +191,8 @@ def test_failed_job_shows_error_and_retry(page, live_server, user, celery_worker
     refused.wait_for()
     assert "no_such_setting" in refused.inner_text() and not SegmentationJob.objects.exists()
     shot(page, "config-refused")
-    # A valid config whose model this machine lacks fails in the worker, in words, with the command that fixes it.
+    # A valid config whose model this machine lacks fails in the worker at once, in words, with the command that
+    # fixes it (the engine checks the config's models before any work).
     page.fill("#expression-config", json.dumps({"clip_model": "clip_vit_b_16"}))
     page.click("#expression-form button[type=submit]")
     error = page.locator(".job-error")

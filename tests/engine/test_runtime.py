@@ -11,7 +11,7 @@ import pytest
 
 from tests.engine.ranking_fixtures import TINY_SAM_AMG, image_input, random_rgb, single_torch_thread
 from workers.engine.blocks.masks import decode_rle_one, encode_rle_one
-from workers.engine.core.errors import BadInputError, ConfigError, UnknownPipelineError
+from workers.engine.core.errors import BadInputError, ConfigError, ModelStoreError, UnknownPipelineError
 from workers.engine.core.settings import PROJECT_ROOT, EngineSettings
 from workers.engine.runtime import Engine, get_engine, reset_engine
 
@@ -189,3 +189,15 @@ def test_get_engine_is_one_per_process(monkeypatch: pytest.MonkeyPatch, tmp_path
         assert engine.settings.cache_dir == tmp_path / "cache"
     finally:
         reset_engine()
+
+
+def test_a_missing_model_fails_before_any_image_work(engine: Engine) -> None:
+    image = image_input(random_rgb(seed=31))
+    before = image_calls(engine)
+    with pytest.raises(
+        ModelStoreError, match=r"config key 'clip_model'.*clip_vit_b_16.*models fetch clip_vit_b_16"
+    ):
+        engine.predict(
+            image, ["a cup"], pipeline="global_local", config={**TINY, "clip_model": "clip_vit_b_16"}
+        )
+    assert image_calls(engine) == before  # no proposals were made for a job that cannot finish

@@ -372,13 +372,12 @@ def test_lost_refine_request_and_benchmark_shard_are_run_again_by_live_workers(
     """A refine request and a benchmark shard whose worker vanished (a ghost claimed each and never beat)
     are taken back by the periodic reconciler once their heartbeat is stale and finished once by a live
     worker: the life a job has in ``test_worker_killed_mid_job_is_finished_once_by_another``."""
-    from workers.engine.data.synthetic import write_synthetic_refcoco
-
     from server.benchmarks import services as benchmarks
     from server.benchmarks.models import BenchmarkSentenceResult, BenchmarkShard
     from server.ris.models import Image
     from server.web.models import RefineRequest
     from server.web.services.refine import refine_request_claim, refine_request_create
+    from workers.engine.data.synthetic import write_synthetic_refcoco
     from workers.tasks import engine_access
 
     fleet.ensure_workers(2)

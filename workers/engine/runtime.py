@@ -29,7 +29,7 @@ from workers.engine.blocks.masks import decode_rle_one, encode_rle_one
 from workers.engine.blocks.proposals.refine import ImageEmbedding, PromptRefiner
 from workers.engine.core.cache import FeatureCache, ImageContext, cache_params
 from workers.engine.core.config import config_hash
-from workers.engine.core.errors import BadInputError
+from workers.engine.core.errors import BadInputError, ModelStoreError
 from workers.engine.core.meter import Meter
 from workers.engine.core.settings import EngineSettings
 from workers.engine.core.types import Candidate, ImageInput
@@ -37,7 +37,7 @@ from workers.engine.hub import ModelHub
 from workers.engine.methods.base import Pipeline
 from workers.engine.methods.catalogue import pipeline_entry, pipeline_names
 from workers.engine.methods.registry import pipeline_class
-from workers.engine.store.catalogue import model_for_profile
+from workers.engine.store.catalogue import catalogue_has, model_for_profile
 from workers.engine.store.manifest import ModelStore
 
 _MAX_BUILT_PIPELINES = 16
@@ -116,6 +116,25 @@ class Engine:
                 self._pipelines.move_to_end(key)
             return built
 
+    def check_models(self, config: Any) -> None:
+        """Verify every store model a resolved config names, before any work: a job whose model is missing
+        fails at once, naming the model, the config key and the command that gets it, not after minutes of
+        proposals.
+
+        Raises:
+            ModelStoreError: a named model is missing or fails its checksums.
+        """
+        store = getattr(self.hub, "store", None) or self.store
+        for key, _family in type(config).model_fields():
+            value: Any = config
+            for part in key.split("."):
+                value = getattr(value, part)
+            if catalogue_has(str(value)):
+                try:
+                    store.verify(str(value))
+                except ModelStoreError as error:
+                    raise ModelStoreError(f"config key {key!r}: {error}") from None
+
     def context(self, image: ImageInput) -> ImageContext:
         """An :class:`ImageContext` on the engine's cache and meter."""
         if not isinstance(image, ImageInput):
@@ -143,6 +162,7 @@ class Engine:
             raise BadInputError(f"top_k must be a positive number of candidates, got {top_k}")
         ctx = self.context(image)
         built = self.pipeline(pipeline, config)
+        self.check_models(built.config)
         with self.meter.stage(f"predict:{pipeline}"):
             results = built.predict(ctx, list(expressions))
         if top_k is not None:
@@ -153,6 +173,7 @@ class Engine:
         """Do ``pipeline``'s image-level work into the cache, so a later ``predict`` does none."""
         ctx = self.context(image)
         built = self.pipeline(pipeline, config)
+        self.check_models(built.config)
         with self.meter.stage(f"prepare:{pipeline}"):
             built.prepare(ctx)
 

@@ -147,3 +147,8 @@ def get_command(name: str) -> str:
 def models_of_family(family: str) -> list[str]:
     """Names of the catalogue's models of ``family`` (``"sam"``, ``"clip"``, ...), in catalogue order."""
     return [name for name, entry in _load().items() if entry.family == family]
+
+
+def catalogue_has(name: str) -> bool:
+    """Whether ``name`` is a model of the catalogue (a config may also hold non-model values, e.g. ``"attention"``)."""
+    return name in _load()
