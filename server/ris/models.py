@@ -187,3 +187,33 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} on expression {self.expression_id}"
+
+
+class ActivityVerb(models.TextChoices):
+    ACCEPTED = "accepted", "Accepted"
+    CORRECTED = "corrected", "Corrected"
+    REJECTED = "rejected", "Rejected"
+    UNDONE = "undone", "Undid a decision"
+
+
+class Activity(models.Model):
+    """One line of an expression's history: who decided what, and when; kept when a review is undone.
+
+    ``review_id`` is a plain number (not a key): the review an ``undone`` line names no longer exists.
+    """
+
+    expression = models.ForeignKey(Expression, on_delete=models.CASCADE, related_name="activity")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    verb = models.CharField(max_length=16, choices=ActivityVerb.choices)
+    review_id = models.PositiveIntegerField(null=True, blank=True)
+    detail = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["expression", "created_at"], name="ris_activity_expr_created")]
+
+    def __str__(self) -> str:
+        return f"{self.verb} on expression {self.expression_id}"

@@ -12,8 +12,8 @@ from typing import Any
 from django.db.models import OuterRef, QuerySet, Subquery
 
 from server.ris.errors import ObjectNotFound
-from server.ris.models import Expression, Image, Project, Review, ReviewDecision, SegmentationJob
-from server.ris.selectors import User, image_get
+from server.ris.models import Activity, Expression, Image, Project, Review, ReviewDecision, SegmentationJob
+from server.ris.selectors import User, expression_get, image_get
 from server.web.models import RefineRequest
 
 
@@ -43,8 +43,10 @@ def review_items(*, project: Project) -> list[dict[str, Any]]:
     """Every expression of ``project`` in review order (image id, then expression id), as JSON-ready items.
 
     Each item: ``expression_id``, ``text``, ``image_id``, ``image_name``, ``width``, ``height``,
-    ``job`` (``{id, state, progress, error, pipeline}`` of the latest job, or None) and ``review``
-    (``{id, decision, candidate, reviewer}`` of the latest review, or None).
+    ``job`` (``{id, state, progress, error, pipeline}`` of the latest job, or None), ``review``
+    (``{id, decision, candidate, reviewer, created_at, rle}`` of the latest review, or None; ``rle`` is
+    the corrected mask of a ``corrected`` review, else None) and ``ready`` (its job succeeded and it has
+    no verdict yet: what the review loop offers first).
     """
     expressions = list(
         _with_latest_ids(Expression.objects.filter(image__project=project))
@@ -83,7 +85,10 @@ def review_items(*, project: Project) -> list[dict[str, Any]]:
                     "decision": review.decision,
                     "candidate": review.candidate_id,
                     "reviewer": review.reviewer.get_username() if review.reviewer else None,
+                    "created_at": review.created_at.isoformat(),
+                    "rle": review.corrected_rle if review.decision == ReviewDecision.CORRECTED else None,
                 },
+                "ready": review is None and job is not None and job.state == "succeeded",
             }
         )
     return items
@@ -136,3 +141,31 @@ def refine_request_get(*, user: User, request_id: int) -> RefineRequest:
     except ObjectNotFound:
         raise ObjectNotFound(f"There is no refine request {request_id}.") from None
     return request
+
+
+def review_get(*, user: User, review_id: int) -> Review:
+    """A review of an expression in one of ``user``'s projects; ``ObjectNotFound`` otherwise."""
+    review = Review.objects.filter(pk=review_id).first()
+    if review is None:
+        raise ObjectNotFound(f"There is no review {review_id}.")
+    try:
+        expression_get(user=user, expression_id=review.expression_id)
+    except ObjectNotFound:
+        raise ObjectNotFound(f"There is no review {review_id}.") from None
+    return review
+
+
+def activity_list(*, expression: Expression) -> list[dict[str, Any]]:
+    """The history of ``expression``, oldest first: ``{verb, words, actor, detail, review_id, created_at}``."""
+    rows = Activity.objects.filter(expression=expression).select_related("actor").order_by("created_at", "id")
+    return [
+        {
+            "verb": row.verb,
+            "words": row.get_verb_display(),
+            "actor": row.actor.get_username() if row.actor else None,
+            "detail": row.detail,
+            "review_id": row.review_id,
+            "created_at": row.created_at.isoformat(),
+        }
+        for row in rows
+    ]

@@ -14,6 +14,12 @@ urlpatterns = [
     path("images/<int:image_id>/", views.image_detail_page, name="image-detail"),
     path("shortcuts/", views.shortcuts_page, name="shortcuts"),
     path("web/projects/<int:project_id>/review/items/", views.ReviewItemsApi.as_view(), name="review-items"),
+    path("web/reviews/<int:review_id>/undo/", views.ReviewUndoApi.as_view(), name="review-undo"),
+    path(
+        "web/expressions/<int:expression_id>/activity/",
+        views.ActivityApi.as_view(),
+        name="expression-activity",
+    ),
     path(
         "web/projects/<int:project_id>/expressions/bulk/",
         views.BulkExpressionsApi.as_view(),

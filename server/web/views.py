@@ -23,7 +23,8 @@ from rest_framework.views import APIView
 from server.ris.errors import InvalidInput, ObjectNotFound
 from server.ris.models import Image
 from server.ris.selectors import expression_get, image_get, project_get, project_list_for_user
-from server.web.selectors import image_neighbours, refine_request_get, review_items
+from server.ris.services.reviews import review_undo
+from server.web.selectors import activity_list, image_neighbours, refine_request_get, review_get, review_items
 from server.web.services.bulk import expressions_bulk_create
 from server.web.services.export import coco_export, refer_export_zip
 from server.web.services.refine import refine_request_create, refine_request_json
@@ -104,6 +105,37 @@ class ReviewItemsApi(APIView):
     def get(self, request: Request, project_id: int) -> Response:
         project = project_get(user=request.user, project_id=project_id)
         return Response({"items": review_items(project=project)})
+
+
+class ReviewUndoApi(APIView):
+    """POST: take back a review (the latest on its expression, made by this user); answers the verdict now."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    def post(self, request: Request, review_id: int) -> Response:
+        review = review_get(user=request.user, review_id=review_id)
+        current = review_undo(review=review, user=request.user)
+        verdict = None
+        if current is not None:
+            verdict = {
+                "id": current.pk,
+                "decision": current.decision,
+                "candidate": current.candidate_id,
+                "reviewer": current.reviewer.get_username() if current.reviewer else None,
+                "created_at": current.created_at.isoformat(),
+                "rle": current.corrected_rle,
+            }
+        return Response({"review": verdict})
+
+
+class ActivityApi(APIView):
+    """GET: the decision history of one expression, oldest first."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    def get(self, request: Request, expression_id: int) -> Response:
+        expression = expression_get(user=request.user, expression_id=expression_id)
+        return Response({"activity": activity_list(expression=expression)})
 
 
 class BulkExpressionsApi(APIView):
