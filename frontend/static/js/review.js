@@ -753,8 +753,9 @@ async function postReview(body, words) {
     item.ready = false;
     clearWip(item.expression_id);
     // Nothing is final until the next item is done: the toast offers Undo (Ctrl+Z does the same).
+    if (state.lastDecision && state.lastDecision.toast) state.lastDecision.toast.remove();
     state.lastDecision = { item, index, review: item.review, before };
-    toast(`${words}: “${item.text}”`, "ok", 8000, { label: "Undo", run: undoDecision });
+    state.lastDecision.toast = toast(`${words}: “${item.text}”`, "ok", 8000, { label: "Undo", run: undoDecision });
     const next = nextReady(index);
     if (next >= 0 && next !== index) await showItem(next);
     else {
@@ -778,6 +779,7 @@ async function undoDecision() {
   state.busy = true;
   try {
     const answer = await api(`/web/reviews/${last.review.id}/undo/`, { method: "POST" });
+    if (last.toast) last.toast.remove();
     last.item.review = answer.review;
     last.item.ready = !answer.review && !!last.item.job && last.item.job.state === "succeeded";
     state.lastDecision = null;
