@@ -20,6 +20,11 @@ class Project(models.Model):
     """A named collection of images shared by its members."""
 
     name = models.CharField(max_length=200)
+    categories = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Label names of the project, e.g. ["person", "car"]; exports use them.',
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="ris_projects", blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ris_projects_created"
@@ -69,6 +74,7 @@ class Expression(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="expressions")
     text = models.CharField(max_length=MAX_LENGTH)
+    category = models.CharField(max_length=100, blank=True, default="", help_text="Label; empty: 'object'.")
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

@@ -29,6 +29,12 @@ urlpatterns = [
     path(
         "web/projects/<int:project_id>/export/refer.zip", views.ExportReferApi.as_view(), name="export-refer"
     ),
+    path(
+        "web/projects/<int:project_id>/export/<str:fmt>/",
+        views.ExportFormatApi.as_view(),
+        name="export-format",
+    ),
+    path("web/projects/<int:project_id>/import/coco/", views.ImportCocoApi.as_view(), name="import-coco"),
     path("web/refine/", views.RefineCreateApi.as_view(), name="refine-create"),
     path("web/refine/<int:request_id>/", views.RefineDetailApi.as_view(), name="refine-detail"),
 ]

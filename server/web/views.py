@@ -27,6 +27,13 @@ from server.ris.services.reviews import review_undo
 from server.web.selectors import activity_list, image_neighbours, refine_request_get, review_get, review_items
 from server.web.services.bulk import expressions_bulk_create
 from server.web.services.export import coco_export, refer_export_zip
+from server.web.services.formats import (
+    coco_import,
+    coco_polygons_export,
+    label_studio_export,
+    png_masks_zip,
+    yolo_zip,
+)
 from server.web.services.refine import refine_request_create, refine_request_json
 
 
@@ -189,6 +196,60 @@ class ExportReferApi(APIView):
         return FileResponse(
             archive, as_attachment=True, filename=f"{name}-{dataset}.zip", content_type="application/zip"
         )
+
+
+def _download_name(project, suffix: str) -> str:
+    return f"{slugify(project.name) or f'project-{project.pk}'}-{suffix}"
+
+
+class ExportFormatApi(APIView):
+    """GET: the project's kept masks as ``coco-polygons`` (JSON), ``png`` (zip), ``yolo`` (zip) or
+    ``label-studio`` (JSON), as a download (formats: ``server.web.services.formats``)."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    def get(self, request: Request, project_id: int, fmt: str) -> HttpResponse:
+        project = project_get(user=request.user, project_id=project_id)
+        if fmt == "coco-polygons":
+            response = JsonResponse(coco_polygons_export(project=project))
+            response["Content-Disposition"] = (
+                f'attachment; filename="{_download_name(project, "coco-polygons.json")}"'
+            )
+            return response
+        if fmt == "label-studio":
+            tasks = label_studio_export(project=project, base_url=request.build_absolute_uri("/").rstrip("/"))
+            response = JsonResponse(tasks, safe=False)
+            response["Content-Disposition"] = (
+                f'attachment; filename="{_download_name(project, "label-studio.json")}"'
+            )
+            return response
+        makers = {"png": png_masks_zip, "yolo": yolo_zip}
+        if fmt not in makers:
+            raise InvalidInput(
+                f"Unknown export format {fmt!r}; choose coco-polygons, png, yolo or label-studio."
+            )
+        return FileResponse(
+            makers[fmt](project=project),
+            as_attachment=True,
+            filename=_download_name(project, f"{fmt}.zip"),
+            content_type="application/zip",
+        )
+
+
+class ImportCocoApi(APIView):
+    """POST multipart ``file``: COCO JSON annotations imported as reviewed masks on the project's images."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    def post(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise InvalidInput("Attach a COCO JSON file in the 'file' field.")
+        result = coco_import(project=project, data=upload.read(), user=request.user)
+        return Response(result, status=status.HTTP_201_CREATED)
 
 
 class RefineCreateApi(APIView):
