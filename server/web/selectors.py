@@ -65,6 +65,7 @@ def review_items(*, project: Project) -> list[dict[str, Any]]:
             {
                 "expression_id": expression.pk,
                 "text": expression.text,
+                "category": expression.category,
                 "image_id": expression.image_id,
                 "image_name": expression.image.original_name,
                 "width": expression.image.width,

@@ -35,6 +35,14 @@ urlpatterns = [
         name="export-format",
     ),
     path("web/projects/<int:project_id>/import/coco/", views.ImportCocoApi.as_view(), name="import-coco"),
+    path(
+        "web/projects/<int:project_id>/categories/", views.ProjectCategoriesApi.as_view(), name="categories"
+    ),
+    path(
+        "web/expressions/<int:expression_id>/category/",
+        views.ExpressionCategoryApi.as_view(),
+        name="expression-category",
+    ),
     path("web/refine/", views.RefineCreateApi.as_view(), name="refine-create"),
     path("web/refine/<int:request_id>/", views.RefineDetailApi.as_view(), name="refine-detail"),
 ]

@@ -34,6 +34,7 @@ from server.web.services.formats import (
     png_masks_zip,
     yolo_zip,
 )
+from server.web.services.labels import expression_category_set, project_categories_set
 from server.web.services.refine import refine_request_create, refine_request_json
 
 
@@ -89,7 +90,7 @@ def image_detail_page(request: HttpRequest, image_id: int) -> HttpResponse:
 @login_required
 def review_page(request: HttpRequest, project_id: int) -> HttpResponse:
     project = _project_or_404(request, project_id)
-    context: dict[str, Any] = {"project": project}
+    context: dict[str, Any] = {"project": project, "categories": list(project.categories or [])}
     for key, name in (("expression", "start_expression"), ("image", "start_image")):
         value = request.GET.get(key, "")
         context[name] = int(value) if value.isdigit() else ""
@@ -234,6 +235,35 @@ class ExportFormatApi(APIView):
             filename=_download_name(project, f"{fmt}.zip"),
             content_type="application/zip",
         )
+
+
+class ProjectCategoriesApi(APIView):
+    """GET / POST ``{categories: [names] | "a, b"}``: the project's label categories."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    def get(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        return Response({"categories": list(project.categories or [])})
+
+    def post(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        return Response({"categories": project_categories_set(project=project, names=data.get("categories"))})
+
+
+class ExpressionCategoryApi(APIView):
+    """POST ``{category}``: label one expression with a category of its project."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request, expression_id: int) -> Response:
+        expression = expression_get(user=request.user, expression_id=expression_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        expression = expression_category_set(expression=expression, category=data.get("category"))
+        return Response({"expression": expression.pk, "category": expression.category})
 
 
 class ImportCocoApi(APIView):

@@ -22,9 +22,8 @@ REFINE_TIMEOUT_MS = 400_000  # a loaded 2-core machine; a quiet one answers in s
 
 def test_box_prompt_with_real_sam(page, live_server, user, review_setup, celery_worker):  # noqa: F811
     from server.ris.models import Review
-    from server.web.models import RefineRequest
-
     from server.ris.services import job_cancel
+    from server.web.models import RefineRequest
 
     s = review_setup
     # The one worker takes messages in order: the queued job of the setup would hold the refine back.

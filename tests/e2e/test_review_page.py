@@ -305,3 +305,58 @@ def test_zoom_pan_and_brush_under_zoom(page, live_server, user, review_setup):
     fitted = page.locator("#overlay").bounding_box()
     assert abs(fitted["width"] - before["width"]) < 1 and abs(fitted["x"] - before["x"]) < 1
     assert not page.js_errors, json.dumps(page.js_errors)
+
+
+def test_polygon_edit_and_category(page, live_server, user, review_setup):
+    """Vertices from the top candidate's mask; moving one changes the mask there only; S stores the
+    polygon's mask as RLE, equal to what the page painted. The label chosen on the page is stored."""
+    from server.ris.models import Expression, Review
+
+    s = review_setup
+    project = s["project"]
+    project.categories = ["person", "helmet"]
+    project.save()
+    sign_in(page, live_server)
+    page.goto(f"{live_server.url}/projects/{project.pk}/review/?expression={s['ready'].pk}")
+    page.locator(".candidate-btn canvas.thumb").first.wait_for()
+
+    page.select_option("#item-category", "person")
+    page.locator("#item-category-status", has_text="Saved").wait_for()
+    assert Expression.objects.get(pk=s["ready"].pk).category == "person"
+
+    page.keyboard.press("v")
+    page.locator("#refine-status", has_text="vertices").wait_for()
+    vertices = page.locator("#poly-layer circle.poly-vertex")
+    n = vertices.count()
+    assert 8 <= n <= 200, n  # simplified: far fewer than the outline's pixel corners
+    # The topmost vertex of the ellipse (about (150, 130)) dragged 25 image pixels up.
+    tops = page.evaluate(
+        "() => Array.from(document.querySelectorAll('#poly-layer circle')).map((c, i) => [Number(c.getAttribute('cy')), Number(c.getAttribute('cx')), i])"
+    )
+    cy, cx, index = min(tops)
+    assert abs(cx - 150) < 20 and abs(cy - 130) < 3
+    box = page.locator("#overlay").bounding_box()
+    sx, sy = box["width"] / WIDTH, box["height"] / HEIGHT
+    page.mouse.move(box["x"] + cx * sx, box["y"] + cy * sy)
+    page.mouse.down()
+    page.mouse.move(box["x"] + cx * sx, box["y"] + (cy - 25) * sy, steps=6)
+    page.mouse.up()
+    shot(page, "review-polygon-edit")
+    painted = _painted_mask(page)
+    top_mask = s["masks"][0]
+    assert painted[int(cy) - 15, int(cx)] and not top_mask[int(cy) - 15, int(cx)]  # grown upwards there
+    changed = painted ^ top_mask
+    far = _dilate(np.zeros_like(top_mask), 0)
+    far[:, :] = True
+    far[int(cy) - 30 :, :] = False
+    assert not (changed & far).any()
+    assert changed[int(cy) + 20 :, :].sum() < 0.02 * top_mask.sum()  # elsewhere within the simplification
+
+    page.keyboard.press("s")
+    page.locator(".toast-ok", has_text="Correction saved").wait_for()
+    review = Review.objects.get(expression=s["ready"])
+    stored = mask_utils.decode(
+        {"size": review.corrected_rle["size"], "counts": review.corrected_rle["counts"].encode()}
+    ).astype(bool)
+    assert np.array_equal(stored, painted)
+    assert not page.js_errors, json.dumps(page.js_errors)

@@ -3,9 +3,11 @@
 // here), and any work in progress kept in localStorage. Decisions post a Review through the API.
 import { api, h, isTyping, toast } from "./api.js";
 import { scoreWords, thumbnail } from "./candidates.js";
+import { showCategory } from "./category.js";
 import { MaskEditor } from "./editor.js";
 import { ACTIVE, JobStatus } from "./jobs.js";
 import { Overlay, contrastColour } from "./overlay.js";
+import { PolygonLayer, maskToPolygons, polygonsToMask, simplify } from "./polygon.js";
 import { decodeRle } from "./rle.js";
 import { Viewport } from "./viewport.js";
 import { clearWip, loadWip, saveWip } from "./wip.js";
@@ -17,6 +19,15 @@ const stageImage = document.getElementById("stage-image");
 const stageEmpty = document.getElementById("stage-empty");
 const overlay = new Overlay(document.getElementById("overlay"));
 const viewport = new Viewport(stage, { onChange: (v) => onZoom(v) });
+const polyLayer = new PolygonLayer(document.getElementById("poly-layer"), {
+  toImage: (e) => toImage(e),
+  onEdit: (polygons) => {
+    const editor = ensureEditor();
+    editor.replace(polygonsToMask(polygons, editor.height, editor.width));
+    draw();
+    persistSoon();
+  },
+});
 const pointsLayer = document.getElementById("points");
 const cursor = document.getElementById("brush-cursor");
 const candList = document.getElementById("candidates");
@@ -135,6 +146,7 @@ async function showItem(index) {
   el("item-text").textContent = `“${item.text}”`;
   el("item-image").textContent = `${item.image_name} · ${item.width}×${item.height}`;
   renderReview();
+  showCategory(item);
   loadActivity(item);
   el("prev").disabled = index === 0;
   el("next").disabled = index === state.items.length - 1;
@@ -146,6 +158,8 @@ async function showItem(index) {
   overlay.resize(item.height, item.width);
   overlay.clear();
   viewport.fit();
+  if (state.tool === "polygon") setTool("polygon"); // leave the polygon tool: its vertices were the last item's
+  polyLayer.hide();
   renderPoints();
   renderBox();
   stageImage.alt = item.image_name;
@@ -480,6 +494,18 @@ function setTool(tool) {
   } else if (state.tool === "box" && !state.editor) {
     el("refine-status").textContent = "Drag a box around the object; SAM draws the mask inside it. Clicks (C) can follow.";
   }
+  if (state.tool === "polygon") showPolygons();
+  else polyLayer.hide();
+}
+
+/** The mask being corrected as polygons with vertices to drag (simplified to within a pixel). */
+function showPolygons() {
+  if (!state.item) return;
+  const editor = ensureEditor();
+  const polygons = maskToPolygons(editor.data, editor.height, editor.width).map((p) => simplify(p, 1));
+  polyLayer.show(polygons, editor.height, editor.width);
+  el("refine-status").textContent = `${polyLayer.vertexCount()} vertices: drag one to move it, double-click an edge to add one, Alt+click to remove one.`;
+  draw();
 }
 
 function setBrush(size) {
@@ -631,6 +657,7 @@ function renderBox(box = state.box) {
 function setBoxPrompt(box) {
   state.box = box;
   renderBox();
+  renderPoints();
   ensureEditor();
   persist();
   sendRefine();
@@ -819,6 +846,7 @@ function reject() {
 function undo() {
   if (state.editor) {
     if (state.editor.undo()) {
+      if (state.tool === "polygon") showPolygons();
       draw();
       persistSoon();
     }
@@ -829,11 +857,13 @@ function undo() {
 
 function onZoom(v) {
   el("zoom-level").textContent = `${Math.round(v.zoom * 100)}%`;
+  if (state.tool === "polygon") polyLayer.render();
   if (state.item && !state.editor) draw();
 }
 
 function redo() {
   if (state.editor && state.editor.redo()) {
+    if (state.tool === "polygon") showPolygons();
     draw();
     persistSoon();
   }
@@ -912,6 +942,7 @@ document.addEventListener("keydown", (event) => {
   else if (key === "e" || key === "E") setTool("eraser");
   else if (key === "c" || key === "C") setTool("refine");
   else if (key === "x" || key === "X") setTool("box");
+  else if (key === "v" || key === "V") setTool("polygon");
   else if (key === "z") viewport.zoomBy(1.5);
   else if (key === "Z") viewport.zoomBy(1 / 1.5);
   else if (key === "f" || key === "F") viewport.fit();
