@@ -56,6 +56,14 @@ class Image(models.Model):
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="ris_assigned_images",
+        help_text="The annotator this image is assigned to (a project member), or nobody.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -200,6 +208,8 @@ class ActivityVerb(models.TextChoices):
     CORRECTED = "corrected", "Corrected"
     REJECTED = "rejected", "Rejected"
     UNDONE = "undone", "Undid a decision"
+    APPROVED = "approved", "Approved"
+    SENT_BACK = "sent_back", "Sent back"
 
 
 class Activity(models.Model):
@@ -223,3 +233,30 @@ class Activity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verb} on expression {self.expression_id}"
+
+
+class CheckVerdict(models.TextChoices):
+    APPROVED = "approved", "Approved"
+    SENT_BACK = "sent_back", "Sent back"
+
+
+class ReviewCheck(models.Model):
+    """The review stage: a second person approves a review or sends it back for another look.
+
+    Appended, never edited; the latest check of a review is its stage. A review sent back puts its
+    expression back among the items to review.
+    """
+
+    review = models.ForeignKey(Review, on_delete=models.CASCADE, related_name="checks")
+    checker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    verdict = models.CharField(max_length=16, choices=CheckVerdict.choices)
+    note = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} on review {self.review_id}"

@@ -15,6 +15,8 @@ urlpatterns = [
     path("shortcuts/", views.shortcuts_page, name="shortcuts"),
     path("web/projects/<int:project_id>/review/items/", views.ReviewItemsApi.as_view(), name="review-items"),
     path("web/reviews/<int:review_id>/undo/", views.ReviewUndoApi.as_view(), name="review-undo"),
+    path("web/reviews/<int:review_id>/check/", views.ReviewCheckApi.as_view(), name="review-check"),
+    path("web/projects/<int:project_id>/assign/", views.AssignImagesApi.as_view(), name="assign-images"),
     path(
         "web/expressions/<int:expression_id>/activity/",
         views.ActivityApi.as_view(),

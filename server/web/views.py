@@ -24,7 +24,14 @@ from server.ris.errors import InvalidInput, ObjectNotFound
 from server.ris.models import Image
 from server.ris.selectors import expression_get, image_get, project_get, project_list_for_user
 from server.ris.services.reviews import review_undo
-from server.web.selectors import activity_list, image_neighbours, refine_request_get, review_get, review_items
+from server.web.selectors import (
+    activity_list,
+    image_neighbours,
+    refine_request_get,
+    review_get,
+    review_items,
+    team_progress,
+)
 from server.web.services.bulk import expressions_bulk_create
 from server.web.services.export import coco_export, refer_export_zip
 from server.web.services.formats import (
@@ -36,6 +43,7 @@ from server.web.services.formats import (
 )
 from server.web.services.labels import expression_category_set, project_categories_set
 from server.web.services.refine import refine_request_create, refine_request_json
+from server.web.services.team import images_assign, review_check
 
 
 def _project_or_404(request: HttpRequest, project_id: int):
@@ -62,7 +70,11 @@ def project_list_page(request: HttpRequest) -> HttpResponse:
 def project_detail_page(request: HttpRequest, project_id: int) -> HttpResponse:
     project = _project_or_404(request, project_id)
     members = project.members.order_by("username")
-    return render(request, "web/project_detail.html", {"project": project, "members": members})
+    return render(
+        request,
+        "web/project_detail.html",
+        {"project": project, "members": members, "team": team_progress(project=project)},
+    )
 
 
 @login_required
@@ -112,7 +124,8 @@ class ReviewItemsApi(APIView):
 
     def get(self, request: Request, project_id: int) -> Response:
         project = project_get(user=request.user, project_id=project_id)
-        return Response({"items": review_items(project=project)})
+        mine = request.query_params.get("mine") in ("1", "true")
+        return Response({"items": review_items(project=project, assignee=request.user if mine else None)})
 
 
 class ReviewUndoApi(APIView):
@@ -134,6 +147,43 @@ class ReviewUndoApi(APIView):
                 "rle": current.corrected_rle,
             }
         return Response({"review": verdict})
+
+
+class ReviewCheckApi(APIView):
+    """POST ``{verdict: approved | sent_back, note?}``: the review stage, by a second person."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request, review_id: int) -> Response:
+        review = review_get(user=request.user, review_id=review_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        check = review_check(
+            review=review, checker=request.user, verdict=data.get("verdict"), note=data.get("note") or ""
+        )
+        return Response(
+            {"verdict": check.verdict, "checker": request.user.get_username(), "note": check.note},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class AssignImagesApi(APIView):
+    """POST ``{usernames: [...], only_unassigned?: true}``: share the images among those members."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        counts = images_assign(
+            project=project,
+            usernames=data.get("usernames"),
+            only_unassigned=data.get("only_unassigned", True) is not False,
+        )
+        return Response({"assigned": counts, "team": team_progress(project=project)})
 
 
 class ActivityApi(APIView):

@@ -71,7 +71,11 @@ function readiness(item) {
 }
 
 async function loadItems() {
-  const data = await api(`/web/projects/${projectId}/review/items/`);
+  const mine = new URLSearchParams(location.search).get("mine") === "1";
+  const toggle = el("mine-toggle");
+  toggle.textContent = mine ? "all images" : "my images only";
+  toggle.href = mine ? "?" : "?mine=1";
+  const data = await api(`/web/projects/${projectId}/review/items/${mine ? "?mine=1" : ""}`);
   state.items = data.items.map((it, i) => ({ ...it, order: i })).sort((a, b) => readiness(a) - readiness(b) || a.order - b.order);
 }
 
@@ -80,7 +84,7 @@ function nextReady(from) {
   const n = state.items.length;
   for (let k = 1; k < n; k += 1) {
     const it = state.items[(from + k) % n];
-    if (!it.review && it.job && it.job.state === "succeeded") return (from + k) % n;
+    if (it.ready) return (from + k) % n;
   }
   return -1;
 }
@@ -93,12 +97,12 @@ function startIndex() {
     if (i >= 0) return i;
   }
   if (wantImage) {
-    const i = state.items.findIndex((it) => it.image_id === wantImage && !it.review);
+    const i = state.items.findIndex((it) => it.image_id === wantImage && it.ready);
     if (i >= 0) return i;
     const j = state.items.findIndex((it) => it.image_id === wantImage);
     if (j >= 0) return j;
   }
-  const open = state.items.findIndex((it) => !it.review && it.job && it.job.state === "succeeded");
+  const open = state.items.findIndex((it) => it.ready);
   return open >= 0 ? open : 0;
 }
 
@@ -248,9 +252,16 @@ function renderReview() {
   } else {
     const words = { accepted: "Accepted", corrected: "Corrected", rejected: "Rejected" }[r.decision] || r.decision;
     const when = r.created_at ? ` · ${new Date(r.created_at).toLocaleString()}` : "";
-    box.textContent = `Saved: ${words}${r.reviewer ? ` by ${r.reviewer}` : ""}${when}`;
-    box.className = `small badge badge-review-${r.decision}`;
+    const c = state.item.check;
+    const stageWords = !c ? " · not checked yet" : c.verdict === "approved" ? ` · approved by ${c.checker}` : ` · sent back by ${c.checker}${c.note ? `: “${c.note}”` : ""}`;
+    box.textContent = `Saved: ${words}${r.reviewer ? ` by ${r.reviewer}` : ""}${when}${stageWords}`;
+    box.className = `small badge badge-review-${c && c.verdict === "sent_back" ? "rejected" : r.decision}`;
   }
+  // The review stage: a second person approves the decision or sends it back.
+  const me = root.dataset.user;
+  const checkBox = el("stage-check");
+  checkBox.hidden = !(r && r.id && r.reviewer && r.reviewer !== me);
+  if (!checkBox.hidden) el("check-who").textContent = r.reviewer;
   renderStageLabel();
 }
 
@@ -778,6 +789,7 @@ async function postReview(body, words) {
     const review = await api(`/api/expressions/${item.expression_id}/reviews/`, { method: "POST", json: body });
     item.review = review || { decision: body.decision, candidate: body.candidate };
     item.ready = false;
+    item.check = null;
     clearWip(item.expression_id);
     // Nothing is final until the next item is done: the toast offers Undo (Ctrl+Z does the same).
     if (state.lastDecision && state.lastDecision.toast) state.lastDecision.toast.remove();
@@ -796,6 +808,28 @@ async function postReview(body, words) {
     state.busy = false;
   }
 }
+
+async function checkDecision(verdict) {
+  const item = state.item;
+  if (!item || !item.review || !item.review.id) return;
+  try {
+    const check = await api(`/web/reviews/${item.review.id}/check/`, {
+      method: "POST",
+      json: { verdict, note: el("check-note").value },
+    });
+    item.check = check;
+    item.ready = verdict === "sent_back";
+    el("check-note").value = "";
+    renderReview();
+    loadActivity(item);
+    toast(verdict === "approved" ? `Approved: “${item.text}”` : `Sent back: “${item.text}”`, "ok");
+  } catch (err) {
+    toast(`Not saved: ${err.message}`, "error", 8000);
+  }
+}
+
+el("check-approve").addEventListener("click", () => checkDecision("approved"));
+el("check-send-back").addEventListener("click", () => checkDecision("sent_back"));
 
 /** Take back the last decision made on this page and go back to its item. */
 async function undoDecision() {
