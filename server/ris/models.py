@@ -20,6 +20,11 @@ class Project(models.Model):
     """A named collection of images shared by its members."""
 
     name = models.CharField(max_length=200)
+    categories = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Label names of the project, e.g. ["person", "car"]; exports use them.',
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="ris_projects", blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ris_projects_created"
@@ -51,6 +56,14 @@ class Image(models.Model):
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="ris_assigned_images",
+        help_text="The annotator this image is assigned to (a project member), or nobody.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -69,6 +82,7 @@ class Expression(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="expressions")
     text = models.CharField(max_length=MAX_LENGTH)
+    category = models.CharField(max_length=100, blank=True, default="", help_text="Label; empty: 'object'.")
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -187,3 +201,62 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} on expression {self.expression_id}"
+
+
+class ActivityVerb(models.TextChoices):
+    ACCEPTED = "accepted", "Accepted"
+    CORRECTED = "corrected", "Corrected"
+    REJECTED = "rejected", "Rejected"
+    UNDONE = "undone", "Undid a decision"
+    APPROVED = "approved", "Approved"
+    SENT_BACK = "sent_back", "Sent back"
+
+
+class Activity(models.Model):
+    """One line of an expression's history: who decided what, and when; kept when a review is undone.
+
+    ``review_id`` is a plain number (not a key): the review an ``undone`` line names no longer exists.
+    """
+
+    expression = models.ForeignKey(Expression, on_delete=models.CASCADE, related_name="activity")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    verb = models.CharField(max_length=16, choices=ActivityVerb.choices)
+    review_id = models.PositiveIntegerField(null=True, blank=True)
+    detail = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["expression", "created_at"], name="ris_activity_expr_created")]
+
+    def __str__(self) -> str:
+        return f"{self.verb} on expression {self.expression_id}"
+
+
+class CheckVerdict(models.TextChoices):
+    APPROVED = "approved", "Approved"
+    SENT_BACK = "sent_back", "Sent back"
+
+
+class ReviewCheck(models.Model):
+    """The review stage: a second person approves a review or sends it back for another look.
+
+    Appended, never edited; the latest check of a review is its stage. A review sent back puts its
+    expression back among the items to review.
+    """
+
+    review = models.ForeignKey(Review, on_delete=models.CASCADE, related_name="checks")
+    checker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    verdict = models.CharField(max_length=16, choices=CheckVerdict.choices)
+    note = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} on review {self.review_id}"

@@ -12,8 +12,18 @@ from typing import Any
 from django.db.models import OuterRef, QuerySet, Subquery
 
 from server.ris.errors import ObjectNotFound
-from server.ris.models import Expression, Image, Project, Review, ReviewDecision, SegmentationJob
-from server.ris.selectors import User, image_get
+from server.ris.models import (
+    Activity,
+    CheckVerdict,
+    Expression,
+    Image,
+    Project,
+    Review,
+    ReviewCheck,
+    ReviewDecision,
+    SegmentationJob,
+)
+from server.ris.selectors import User, expression_get, image_get
 from server.web.models import RefineRequest
 
 
@@ -39,30 +49,44 @@ def _with_latest_ids(expressions: QuerySet[Expression]) -> QuerySet[Expression]:
     )
 
 
-def review_items(*, project: Project) -> list[dict[str, Any]]:
+def review_items(*, project: Project, assignee: User | None = None) -> list[dict[str, Any]]:
     """Every expression of ``project`` in review order (image id, then expression id), as JSON-ready items.
 
     Each item: ``expression_id``, ``text``, ``image_id``, ``image_name``, ``width``, ``height``,
-    ``job`` (``{id, state, progress, error, pipeline}`` of the latest job, or None) and ``review``
-    (``{id, decision, candidate, reviewer}`` of the latest review, or None).
+    ``job`` (``{id, state, progress, error, pipeline}`` of the latest job, or None), ``review``
+    (``{id, decision, candidate, reviewer, created_at, rle}`` of the latest review, or None; ``rle`` is
+    the corrected mask of a ``corrected`` review, else None) and ``ready`` (its job succeeded and it has
+    no verdict yet, or its verdict was sent back: what the review loop offers first), ``assignee`` (the
+    image's annotator's username or None) and ``check`` (``{verdict, checker, note}`` of the latest
+    review-stage check of the verdict, or None). With ``assignee``, only the items of images assigned
+    to that user.
     """
+    queryset = Expression.objects.filter(image__project=project)
+    if assignee is not None:
+        queryset = queryset.filter(image__assignee=assignee)
     expressions = list(
-        _with_latest_ids(Expression.objects.filter(image__project=project))
-        .select_related("image")
-        .order_by("image_id", "id")
+        _with_latest_ids(queryset).select_related("image", "image__assignee").order_by("image_id", "id")
     )
     jobs = SegmentationJob.objects.in_bulk([e.latest_job_id for e in expressions if e.latest_job_id])
     reviews = Review.objects.select_related("reviewer").in_bulk(
         [e.latest_review_id for e in expressions if e.latest_review_id]
     )
+    checks: dict[int, ReviewCheck] = {}
+    for check in (
+        ReviewCheck.objects.filter(review_id__in=list(reviews)).select_related("checker").order_by("id")
+    ):
+        checks[check.review_id] = check  # the latest wins
     items = []
     for expression in expressions:
         job = jobs.get(expression.latest_job_id)
         review = reviews.get(expression.latest_review_id)
+        check = checks.get(review.pk) if review is not None else None
+        sent_back = check is not None and check.verdict == CheckVerdict.SENT_BACK
         items.append(
             {
                 "expression_id": expression.pk,
                 "text": expression.text,
+                "category": expression.category,
                 "image_id": expression.image_id,
                 "image_name": expression.image.original_name,
                 "width": expression.image.width,
@@ -83,6 +107,17 @@ def review_items(*, project: Project) -> list[dict[str, Any]]:
                     "decision": review.decision,
                     "candidate": review.candidate_id,
                     "reviewer": review.reviewer.get_username() if review.reviewer else None,
+                    "created_at": review.created_at.isoformat(),
+                    "rle": review.corrected_rle if review.decision == ReviewDecision.CORRECTED else None,
+                },
+                "ready": (review is None or sent_back) and job is not None and job.state == "succeeded",
+                "assignee": expression.image.assignee.get_username() if expression.image.assignee else None,
+                "check": None
+                if check is None
+                else {
+                    "verdict": check.verdict,
+                    "checker": check.checker.get_username() if check.checker else None,
+                    "note": check.note,
                 },
             }
         )
@@ -136,3 +171,66 @@ def refine_request_get(*, user: User, request_id: int) -> RefineRequest:
     except ObjectNotFound:
         raise ObjectNotFound(f"There is no refine request {request_id}.") from None
     return request
+
+
+def review_get(*, user: User, review_id: int) -> Review:
+    """A review of an expression in one of ``user``'s projects; ``ObjectNotFound`` otherwise."""
+    review = Review.objects.filter(pk=review_id).first()
+    if review is None:
+        raise ObjectNotFound(f"There is no review {review_id}.")
+    try:
+        expression_get(user=user, expression_id=review.expression_id)
+    except ObjectNotFound:
+        raise ObjectNotFound(f"There is no review {review_id}.") from None
+    return review
+
+
+def activity_list(*, expression: Expression) -> list[dict[str, Any]]:
+    """The history of ``expression``, oldest first: ``{verb, words, actor, detail, review_id, created_at}``."""
+    rows = Activity.objects.filter(expression=expression).select_related("actor").order_by("created_at", "id")
+    return [
+        {
+            "verb": row.verb,
+            "words": row.get_verb_display(),
+            "actor": row.actor.get_username() if row.actor else None,
+            "detail": row.detail,
+            "review_id": row.review_id,
+            "created_at": row.created_at.isoformat(),
+        }
+        for row in rows
+    ]
+
+
+def team_progress(*, project: Project) -> list[dict[str, Any]]:
+    """Per member of ``project`` (and its creator), by username: ``assigned_images``, ``expressions`` on
+    them, ``decided`` (current verdicts they made), ``approved`` / ``sent_back`` (their verdicts whose
+    latest check says so) and ``checks`` (review-stage checks they made)."""
+    from django.contrib.auth import get_user_model
+
+    members = {project.created_by_id, *project.members.values_list("pk", flat=True)}
+    users = get_user_model().objects.filter(pk__in=members).order_by("username")
+    expressions = list(
+        _with_latest_ids(Expression.objects.filter(image__project=project)).select_related("image")
+    )
+    latest = Review.objects.in_bulk([e.latest_review_id for e in expressions if e.latest_review_id])
+    stage: dict[int, str] = {}
+    for check in ReviewCheck.objects.filter(review_id__in=list(latest)).order_by("id"):
+        stage[check.review_id] = check.verdict
+    rows = []
+    for user in users:
+        mine = [e for e in expressions if e.image.assignee_id == user.pk]
+        verdicts = [r for r in latest.values() if r.reviewer_id == user.pk]
+        rows.append(
+            {
+                "username": user.get_username(),
+                "assigned_images": Image.objects.filter(project=project, assignee=user).count(),
+                "expressions": len(mine),
+                "decided": len(verdicts),
+                "approved": sum(stage.get(r.pk) == CheckVerdict.APPROVED for r in verdicts),
+                "sent_back": sum(stage.get(r.pk) == CheckVerdict.SENT_BACK for r in verdicts),
+                "checks": ReviewCheck.objects.filter(
+                    review__expression__image__project=project, checker=user
+                ).count(),
+            }
+        )
+    return rows

@@ -14,6 +14,14 @@ urlpatterns = [
     path("images/<int:image_id>/", views.image_detail_page, name="image-detail"),
     path("shortcuts/", views.shortcuts_page, name="shortcuts"),
     path("web/projects/<int:project_id>/review/items/", views.ReviewItemsApi.as_view(), name="review-items"),
+    path("web/reviews/<int:review_id>/undo/", views.ReviewUndoApi.as_view(), name="review-undo"),
+    path("web/reviews/<int:review_id>/check/", views.ReviewCheckApi.as_view(), name="review-check"),
+    path("web/projects/<int:project_id>/assign/", views.AssignImagesApi.as_view(), name="assign-images"),
+    path(
+        "web/expressions/<int:expression_id>/activity/",
+        views.ActivityApi.as_view(),
+        name="expression-activity",
+    ),
     path(
         "web/projects/<int:project_id>/expressions/bulk/",
         views.BulkExpressionsApi.as_view(),
@@ -22,6 +30,20 @@ urlpatterns = [
     path("web/projects/<int:project_id>/export/coco.json", views.ExportCocoApi.as_view(), name="export-coco"),
     path(
         "web/projects/<int:project_id>/export/refer.zip", views.ExportReferApi.as_view(), name="export-refer"
+    ),
+    path(
+        "web/projects/<int:project_id>/export/<str:fmt>/",
+        views.ExportFormatApi.as_view(),
+        name="export-format",
+    ),
+    path("web/projects/<int:project_id>/import/coco/", views.ImportCocoApi.as_view(), name="import-coco"),
+    path(
+        "web/projects/<int:project_id>/categories/", views.ProjectCategoriesApi.as_view(), name="categories"
+    ),
+    path(
+        "web/expressions/<int:expression_id>/category/",
+        views.ExpressionCategoryApi.as_view(),
+        name="expression-category",
     ),
     path("web/refine/", views.RefineCreateApi.as_view(), name="refine-create"),
     path("web/refine/<int:request_id>/", views.RefineDetailApi.as_view(), name="refine-detail"),

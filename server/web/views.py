@@ -23,10 +23,27 @@ from rest_framework.views import APIView
 from server.ris.errors import InvalidInput, ObjectNotFound
 from server.ris.models import Image
 from server.ris.selectors import expression_get, image_get, project_get, project_list_for_user
-from server.web.selectors import image_neighbours, refine_request_get, review_items
+from server.ris.services.reviews import review_undo
+from server.web.selectors import (
+    activity_list,
+    image_neighbours,
+    refine_request_get,
+    review_get,
+    review_items,
+    team_progress,
+)
 from server.web.services.bulk import expressions_bulk_create
 from server.web.services.export import coco_export, refer_export_zip
+from server.web.services.formats import (
+    coco_import,
+    coco_polygons_export,
+    label_studio_export,
+    png_masks_zip,
+    yolo_zip,
+)
+from server.web.services.labels import expression_category_set, project_categories_set
 from server.web.services.refine import refine_request_create, refine_request_json
+from server.web.services.team import images_assign, review_check
 
 
 def _project_or_404(request: HttpRequest, project_id: int):
@@ -53,7 +70,11 @@ def project_list_page(request: HttpRequest) -> HttpResponse:
 def project_detail_page(request: HttpRequest, project_id: int) -> HttpResponse:
     project = _project_or_404(request, project_id)
     members = project.members.order_by("username")
-    return render(request, "web/project_detail.html", {"project": project, "members": members})
+    return render(
+        request,
+        "web/project_detail.html",
+        {"project": project, "members": members, "team": team_progress(project=project)},
+    )
 
 
 @login_required
@@ -81,7 +102,7 @@ def image_detail_page(request: HttpRequest, image_id: int) -> HttpResponse:
 @login_required
 def review_page(request: HttpRequest, project_id: int) -> HttpResponse:
     project = _project_or_404(request, project_id)
-    context: dict[str, Any] = {"project": project}
+    context: dict[str, Any] = {"project": project, "categories": list(project.categories or [])}
     for key, name in (("expression", "start_expression"), ("image", "start_image")):
         value = request.GET.get(key, "")
         context[name] = int(value) if value.isdigit() else ""
@@ -103,7 +124,76 @@ class ReviewItemsApi(APIView):
 
     def get(self, request: Request, project_id: int) -> Response:
         project = project_get(user=request.user, project_id=project_id)
-        return Response({"items": review_items(project=project)})
+        mine = request.query_params.get("mine") in ("1", "true")
+        return Response({"items": review_items(project=project, assignee=request.user if mine else None)})
+
+
+class ReviewUndoApi(APIView):
+    """POST: take back a review (the latest on its expression, made by this user); answers the verdict now."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    def post(self, request: Request, review_id: int) -> Response:
+        review = review_get(user=request.user, review_id=review_id)
+        current = review_undo(review=review, user=request.user)
+        verdict = None
+        if current is not None:
+            verdict = {
+                "id": current.pk,
+                "decision": current.decision,
+                "candidate": current.candidate_id,
+                "reviewer": current.reviewer.get_username() if current.reviewer else None,
+                "created_at": current.created_at.isoformat(),
+                "rle": current.corrected_rle,
+            }
+        return Response({"review": verdict})
+
+
+class ReviewCheckApi(APIView):
+    """POST ``{verdict: approved | sent_back, note?}``: the review stage, by a second person."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request, review_id: int) -> Response:
+        review = review_get(user=request.user, review_id=review_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        check = review_check(
+            review=review, checker=request.user, verdict=data.get("verdict"), note=data.get("note") or ""
+        )
+        return Response(
+            {"verdict": check.verdict, "checker": request.user.get_username(), "note": check.note},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class AssignImagesApi(APIView):
+    """POST ``{usernames: [...], only_unassigned?: true}``: share the images among those members."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        counts = images_assign(
+            project=project,
+            usernames=data.get("usernames"),
+            only_unassigned=data.get("only_unassigned", True) is not False,
+        )
+        return Response({"assigned": counts, "team": team_progress(project=project)})
+
+
+class ActivityApi(APIView):
+    """GET: the decision history of one expression, oldest first."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    def get(self, request: Request, expression_id: int) -> Response:
+        expression = expression_get(user=request.user, expression_id=expression_id)
+        return Response({"activity": activity_list(expression=expression)})
 
 
 class BulkExpressionsApi(APIView):
@@ -157,6 +247,89 @@ class ExportReferApi(APIView):
         return FileResponse(
             archive, as_attachment=True, filename=f"{name}-{dataset}.zip", content_type="application/zip"
         )
+
+
+def _download_name(project, suffix: str) -> str:
+    return f"{slugify(project.name) or f'project-{project.pk}'}-{suffix}"
+
+
+class ExportFormatApi(APIView):
+    """GET: the project's kept masks as ``coco-polygons`` (JSON), ``png`` (zip), ``yolo`` (zip) or
+    ``label-studio`` (JSON), as a download (formats: ``server.web.services.formats``)."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    def get(self, request: Request, project_id: int, fmt: str) -> HttpResponse:
+        project = project_get(user=request.user, project_id=project_id)
+        if fmt == "coco-polygons":
+            response = JsonResponse(coco_polygons_export(project=project))
+            response["Content-Disposition"] = (
+                f'attachment; filename="{_download_name(project, "coco-polygons.json")}"'
+            )
+            return response
+        if fmt == "label-studio":
+            tasks = label_studio_export(project=project, base_url=request.build_absolute_uri("/").rstrip("/"))
+            response = JsonResponse(tasks, safe=False)
+            response["Content-Disposition"] = (
+                f'attachment; filename="{_download_name(project, "label-studio.json")}"'
+            )
+            return response
+        makers = {"png": png_masks_zip, "yolo": yolo_zip}
+        if fmt not in makers:
+            raise InvalidInput(
+                f"Unknown export format {fmt!r}; choose coco-polygons, png, yolo or label-studio."
+            )
+        return FileResponse(
+            makers[fmt](project=project),
+            as_attachment=True,
+            filename=_download_name(project, f"{fmt}.zip"),
+            content_type="application/zip",
+        )
+
+
+class ProjectCategoriesApi(APIView):
+    """GET / POST ``{categories: [names] | "a, b"}``: the project's label categories."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    def get(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        return Response({"categories": list(project.categories or [])})
+
+    def post(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        return Response({"categories": project_categories_set(project=project, names=data.get("categories"))})
+
+
+class ExpressionCategoryApi(APIView):
+    """POST ``{category}``: label one expression with a category of its project."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request, expression_id: int) -> Response:
+        expression = expression_get(user=request.user, expression_id=expression_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        expression = expression_category_set(expression=expression, category=data.get("category"))
+        return Response({"expression": expression.pk, "category": expression.category})
+
+
+class ImportCocoApi(APIView):
+    """POST multipart ``file``: COCO JSON annotations imported as reviewed masks on the project's images."""
+
+    schema = None  # page-support endpoint: not part of the public API schema
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    def post(self, request: Request, project_id: int) -> Response:
+        project = project_get(user=request.user, project_id=project_id)
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise InvalidInput("Attach a COCO JSON file in the 'file' field.")
+        result = coco_import(project=project, data=upload.read(), user=request.user)
+        return Response(result, status=status.HTTP_201_CREATED)
 
 
 class RefineCreateApi(APIView):

@@ -67,15 +67,32 @@ export async function api(url, { method = "GET", json, body, signal } = {}) {
   return data;
 }
 
-/** Show a short message in the corner; kind is "info", "ok" or "error". */
-export function toast(message, kind = "info", ms = 4000) {
+/**
+ * Show a short message in the corner; kind is "info", "ok" or "error". With `action` ({label, run}) the
+ * toast carries a button (e.g. Undo) that runs it and closes the toast. Returns the toast element.
+ */
+export function toast(message, kind = "info", ms = 4000, action = null) {
   const box = document.getElementById("toasts");
-  if (!box) return;
+  if (!box) return null;
   const el = document.createElement("div");
   el.className = `toast toast-${kind}`;
-  el.textContent = message;
+  const text = document.createElement("span");
+  text.textContent = message;
+  el.appendChild(text);
+  if (action) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "toast-action";
+    button.textContent = action.label;
+    button.addEventListener("click", () => {
+      el.remove();
+      action.run();
+    });
+    el.appendChild(button);
+  }
   box.appendChild(el);
   setTimeout(() => el.remove(), ms);
+  return el;
 }
 
 /** Create an element with attributes and children in one call. */

@@ -2,10 +2,14 @@
 // then moves between items without reloading: the scaled image, the candidates (COCO RLE decoded
 // here), and any work in progress kept in localStorage. Decisions post a Review through the API.
 import { api, h, isTyping, toast } from "./api.js";
+import { scoreWords, thumbnail } from "./candidates.js";
+import { showCategory } from "./category.js";
 import { MaskEditor } from "./editor.js";
 import { ACTIVE, JobStatus } from "./jobs.js";
-import { Overlay, cssColor } from "./overlay.js";
+import { Overlay, contrastColour } from "./overlay.js";
+import { PolygonLayer, maskToPolygons, polygonsToMask, simplify } from "./polygon.js";
 import { decodeRle } from "./rle.js";
+import { Viewport } from "./viewport.js";
 import { clearWip, loadWip, saveWip } from "./wip.js";
 
 const root = document.getElementById("review");
@@ -14,6 +18,16 @@ const stage = document.getElementById("stage");
 const stageImage = document.getElementById("stage-image");
 const stageEmpty = document.getElementById("stage-empty");
 const overlay = new Overlay(document.getElementById("overlay"));
+const viewport = new Viewport(stage, { onChange: (v) => onZoom(v) });
+const polyLayer = new PolygonLayer(document.getElementById("poly-layer"), {
+  toImage: (e) => toImage(e),
+  onEdit: (polygons) => {
+    const editor = ensureEditor();
+    editor.replace(polygonsToMask(polygons, editor.height, editor.width));
+    draw();
+    persistSoon();
+  },
+});
 const pointsLayer = document.getElementById("points");
 const cursor = document.getElementById("brush-cursor");
 const candList = document.getElementById("candidates");
@@ -25,7 +39,13 @@ const state = {
   item: null,
   candidates: [], // API candidates of the item's job
   masks: [], // decoded row-major masks, one per candidate
-  chosen: -1,
+  chosen: -1, // the candidate shown (and accepted by A): the top one unless another is chosen
+  hover: -1, // a candidate shown while the pointer is on its card
+  saved: null, // decoded mask of the saved verdict (accepted candidate or corrected mask), or null
+  showSaved: false, // the saved verdict is drawn instead of the candidates
+  fills: [], // fill colour of each candidate (contrasting with the image under it)
+  box: null, // [x0, y0, x1, y1] image pixels: SAM box prompt
+  boxDrag: null,
   editor: null, // MaskEditor when correcting
   editFrom: null, // candidate id the correction started from
   tool: null, // "brush" | "eraser" | "refine" | null
@@ -41,9 +61,32 @@ const state = {
 
 // ---------------------------------------------------------------- items
 
+// Review order: items with candidates and no verdict first, then those still waiting for the model,
+// then the reviewed ones, then the rest (failed or without a job); within each, image then expression.
+function readiness(item) {
+  if (item.ready) return 0;
+  if (item.job && ACTIVE.has(item.job.state)) return 1;
+  if (item.review) return 2;
+  return 3;
+}
+
 async function loadItems() {
-  const data = await api(`/web/projects/${projectId}/review/items/`);
-  state.items = data.items;
+  const mine = new URLSearchParams(location.search).get("mine") === "1";
+  const toggle = el("mine-toggle");
+  toggle.textContent = mine ? "all images" : "my images only";
+  toggle.href = mine ? "?" : "?mine=1";
+  const data = await api(`/web/projects/${projectId}/review/items/${mine ? "?mine=1" : ""}`);
+  state.items = data.items.map((it, i) => ({ ...it, order: i })).sort((a, b) => readiness(a) - readiness(b) || a.order - b.order);
+}
+
+/** Index of the next item after `from` that is ready (succeeded, no verdict), wrapping; -1 if none. */
+function nextReady(from) {
+  const n = state.items.length;
+  for (let k = 1; k < n; k += 1) {
+    const it = state.items[(from + k) % n];
+    if (it.ready) return (from + k) % n;
+  }
+  return -1;
 }
 
 function startIndex() {
@@ -54,12 +97,12 @@ function startIndex() {
     if (i >= 0) return i;
   }
   if (wantImage) {
-    const i = state.items.findIndex((it) => it.image_id === wantImage && !it.review);
+    const i = state.items.findIndex((it) => it.image_id === wantImage && it.ready);
     if (i >= 0) return i;
     const j = state.items.findIndex((it) => it.image_id === wantImage);
     if (j >= 0) return j;
   }
-  const open = state.items.findIndex((it) => !it.review && it.job && it.job.state === "succeeded");
+  const open = state.items.findIndex((it) => it.ready);
   return open >= 0 ? open : 0;
 }
 
@@ -86,6 +129,11 @@ async function showItem(index) {
   state.candidates = [];
   state.masks = [];
   state.chosen = -1;
+  state.hover = -1;
+  state.saved = null;
+  state.showSaved = !!item.review && item.review.decision !== "rejected";
+  state.fills = [];
+  state.box = null;
   state.editor = null;
   state.editFrom = null;
   state.points = [];
@@ -97,10 +145,13 @@ async function showItem(index) {
   url.searchParams.delete("image");
   history.replaceState(null, "", url);
 
-  el("item-pos").textContent = `item ${index + 1} of ${state.items.length}`;
+  const ready = state.items.filter((it) => it.ready).length;
+  el("item-pos").textContent = `item ${index + 1} of ${state.items.length} · ${ready} ready`;
   el("item-text").textContent = `“${item.text}”`;
   el("item-image").textContent = `${item.image_name} · ${item.width}×${item.height}`;
   renderReview();
+  showCategory(item);
+  loadActivity(item);
   el("prev").disabled = index === 0;
   el("next").disabled = index === state.items.length - 1;
 
@@ -110,14 +161,27 @@ async function showItem(index) {
   stage.style.setProperty("--ar", item.width / item.height);
   overlay.resize(item.height, item.width);
   overlay.clear();
+  viewport.fit();
+  if (state.tool === "polygon") setTool("polygon"); // leave the polygon tool: its vertices were the last item's
+  polyLayer.hide();
   renderPoints();
+  renderBox();
   stageImage.alt = item.image_name;
   stageImage.src = `/api/images/${item.image_id}/file/?max_side=${imageSide()}`;
 
   const jobBox = el("item-job");
   jobBox.replaceChildren();
+  if (item.review && item.review.rle) {
+    try {
+      state.saved = decodeRle(item.review.rle).data;
+    } catch {
+      state.saved = null;
+    }
+  }
+  updateButtons();
   if (!item.job) {
     candList.replaceChildren(h("li", { class: "muted" }, "This expression has no job."));
+    draw();
   } else if (item.job.state !== "succeeded") {
     candList.replaceChildren(h("li", { class: "muted" }, "Waiting for the model…"));
     state.jobStatus = new JobStatus(item.job, {
@@ -142,9 +206,15 @@ async function showItem(index) {
     candList.replaceChildren(h("li", { class: "form-error", role: "alert" }, `Could not load the candidates: ${err.message}`));
     return;
   }
+  state.chosen = state.candidates.length ? 0 : -1;
   if (item.review && item.review.candidate) {
-    state.chosen = state.candidates.findIndex((c) => c.id === item.review.candidate);
+    const i = state.candidates.findIndex((c) => c.id === item.review.candidate);
+    if (i >= 0) {
+      state.chosen = i;
+      if (item.review.decision === "accepted") state.saved = state.masks[i];
+    }
   }
+  computeFills();
   renderCandidates();
   restoreWip(item);
   draw();
@@ -181,8 +251,59 @@ function renderReview() {
     box.className = "small muted";
   } else {
     const words = { accepted: "Accepted", corrected: "Corrected", rejected: "Rejected" }[r.decision] || r.decision;
-    box.textContent = `${words}${r.reviewer ? ` by ${r.reviewer}` : ""}.`;
-    box.className = `small badge badge-review-${r.decision}`;
+    const when = r.created_at ? ` · ${new Date(r.created_at).toLocaleString()}` : "";
+    const c = state.item.check;
+    const stageWords = !c ? " · not checked yet" : c.verdict === "approved" ? ` · approved by ${c.checker}` : ` · sent back by ${c.checker}${c.note ? `: “${c.note}”` : ""}`;
+    box.textContent = `Saved: ${words}${r.reviewer ? ` by ${r.reviewer}` : ""}${when}${stageWords}`;
+    box.className = `small badge badge-review-${c && c.verdict === "sent_back" ? "rejected" : r.decision}`;
+  }
+  // The review stage: a second person approves the decision or sends it back.
+  const me = root.dataset.user;
+  const checkBox = el("stage-check");
+  checkBox.hidden = !(r && r.id && r.reviewer && r.reviewer !== me);
+  if (!checkBox.hidden) el("check-who").textContent = r.reviewer;
+  renderStageLabel();
+}
+
+/** The words over the image: what is drawn (the saved verdict, or which candidate). */
+function renderStageLabel() {
+  const label = el("stage-label");
+  const r = state.item && state.item.review;
+  if (state.editor) label.textContent = "Your correction (not saved yet)";
+  else if (state.hover >= 0) label.textContent = `Candidate ${state.hover + 1} of ${state.candidates.length}`;
+  else if (state.showSaved && r && state.saved) label.textContent = `Saved mask · ${r.decision}${r.reviewer ? ` by ${r.reviewer}` : ""}`;
+  else if (state.showSaved && r && r.decision === "rejected") label.textContent = `Rejected${r.reviewer ? ` by ${r.reviewer}` : ""}: no mask kept`;
+  else if (state.chosen >= 0) label.textContent = `Candidate ${state.chosen + 1} of ${state.candidates.length}${state.chosen === 0 ? " (top)" : ""}`;
+  else label.textContent = "";
+  label.hidden = !label.textContent;
+}
+
+async function loadActivity(item) {
+  const list = el("history");
+  list.replaceChildren();
+  try {
+    const data = await api(`/web/expressions/${item.expression_id}/activity/`);
+    if (state.item !== item) return;
+    if (!data.activity.length) {
+      list.append(h("li", { class: "muted" }, "No decision yet."));
+      return;
+    }
+    list.append(
+      ...data.activity
+        .slice()
+        .reverse()
+        .map((a) =>
+          h(
+            "li",
+            { class: `history-${a.verb}` },
+            h("strong", {}, a.actor || "someone"),
+            ` ${a.verb === "undone" ? a.detail : a.words.toLowerCase()}${a.verb !== "undone" && a.detail ? ` (${a.detail})` : ""}`,
+            h("span", { class: "muted" }, ` · ${new Date(a.created_at).toLocaleTimeString()}`),
+          ),
+        ),
+    );
+  } catch (err) {
+    list.append(h("li", { class: "muted" }, `History not loaded: ${err.message}`));
   }
 }
 
@@ -198,38 +319,77 @@ function componentTable(c) {
   );
 }
 
+function computeFills() {
+  state.fills = state.masks.map((m) => contrastColour(overlay.meanUnder(m)));
+}
+
 function renderCandidates() {
+  const savedBtn = el("show-saved");
+  savedBtn.hidden = !(state.item && state.item.review && (state.saved || state.item.review.decision === "rejected"));
+  savedBtn.setAttribute("aria-pressed", String(state.showSaved));
   if (!state.candidates.length) {
     candList.replaceChildren(
       h("li", { class: "muted" }, "No candidates: the pipeline found no proposal. Reject (R), or paint the mask with the brush (B) and save (S)."),
     );
     return;
   }
+  const { width, height } = state.item;
+  const imageReady = stageImage.complete && stageImage.naturalWidth > 0;
   candList.replaceChildren(
     ...state.candidates.map((c, i) => {
       const key = i < 9 ? String(i + 1) : i === 9 ? "0" : "";
+      const shown = !state.showSaved && i === state.chosen;
+      const fill = state.fills[i] || [255, 0, 200];
+      const words = scoreWords(c.components);
       const li = h(
         "li",
-        { class: `candidate${i === state.chosen ? " is-chosen" : ""}` },
+        { class: `candidate${shown ? " is-chosen" : ""}` },
         h(
           "button",
           {
             type: "button",
             class: "candidate-btn",
-            "aria-pressed": String(i === state.chosen),
+            "aria-pressed": String(shown),
             "aria-keyshortcuts": key || undefined,
             onclick: () => choose(i),
+            onmouseenter: () => setHover(i),
+            onmouseleave: () => setHover(-1),
+            onfocus: () => setHover(i),
+            onblur: () => setHover(-1),
           },
-          h("span", { class: "swatch", style: `background:${cssColor(i)}` }),
-          key ? h("kbd", {}, key) : null,
-          h("span", { class: "cand-score" }, `score ${Number(c.score).toFixed(3)}`),
-          h("span", { class: "muted small" }, `${c.area.toLocaleString()} px`),
+          imageReady ? thumbnail(stageImage, state.masks[i], c.bbox_xyxy, width, height, fill) : h("span", { class: "thumb thumb-empty" }),
+          h(
+            "span",
+            { class: "cand-text" },
+            h(
+              "span",
+              { class: "cand-head" },
+              key ? h("kbd", {}, key) : null,
+              h("span", { class: "cand-score" }, `${i === 0 ? "top · " : ""}score ${Number(c.score).toFixed(3)}`),
+              h("span", { class: "muted small" }, `${c.area.toLocaleString()} px`),
+            ),
+            h("span", { class: "cand-words small" }, words.length ? words.join(" · ") : "no score parts"),
+          ),
         ),
       );
       if (state.showScores) li.append(componentTable(c));
       return li;
     }),
   );
+}
+
+function setHover(i) {
+  if (state.hover === i) return;
+  state.hover = i;
+  draw();
+}
+
+function showSavedMask() {
+  if (state.editor) return;
+  state.showSaved = true;
+  state.hover = -1;
+  renderCandidates();
+  draw();
 }
 
 function choose(i) {
@@ -245,20 +405,45 @@ function choose(i) {
     renderPoints();
   }
   state.chosen = i;
+  state.showSaved = false;
   renderCandidates();
   draw();
 }
 
 // ---------------------------------------------------------------- drawing
 
+/** Outline width in mask pixels that shows as about two screen pixels at the current zoom. */
+function outlineThickness() {
+  const rect = overlay.canvas.getBoundingClientRect();
+  if (!rect.width || !state.item) return 1;
+  return Math.max(1, Math.min(12, Math.round((2 * state.item.width) / rect.width)));
+}
+
+const SAVED_FILL = [30, 200, 90];
+
 function draw(box = null) {
   if (!state.item) return;
+  const thickness = outlineThickness();
   if (state.editor) overlay.drawEdit(state.editor.data, state.chosen, box);
-  else if (state.masks.length) overlay.drawCandidates(state.masks, state.chosen);
+  else if (state.hover >= 0 && state.masks[state.hover]) overlay.drawMask(state.masks[state.hover], { thickness, colour: state.fills[state.hover] });
+  else if (state.showSaved && state.item.review) overlay.drawMask(state.saved, { thickness, colour: SAVED_FILL });
+  else if (state.chosen >= 0 && state.masks[state.chosen]) overlay.drawMask(state.masks[state.chosen], { thickness, colour: state.fills[state.chosen] });
   else overlay.clear();
+  stage.dataset.shown = state.editor ? "edit" : state.hover >= 0 ? `candidate-${state.hover}` : state.showSaved && state.item.review ? "saved" : state.chosen >= 0 ? `candidate-${state.chosen}` : "none";
+  renderStageLabel();
+  updateButtons();
+}
+
+function updateButtons() {
+  const item = state.item;
+  const editing = !!(state.editor && state.editor.edits > 0);
+  const succeeded = !!(item && item.job && item.job.state === "succeeded");
   el("undo").disabled = !(state.editor && state.editor.canUndo());
   el("redo").disabled = !(state.editor && state.editor.canRedo());
-  el("save").disabled = !(state.editor && state.editor.edits > 0);
+  el("save").disabled = !editing;
+  el("accept").disabled = !(succeeded && (state.candidates.length > 0 || editing));
+  el("accept").title = el("accept").disabled ? (succeeded ? "No candidate to accept: paint a mask or reject." : "Waiting for the model's candidates.") : "";
+  el("reject").disabled = !(item && item.job);
 }
 
 function setHidden(hidden) {
@@ -285,7 +470,7 @@ function renderPoints() {
       }),
     ),
   );
-  el("clear-points").disabled = !state.points.length;
+  el("clear-points").disabled = !state.points.length && !state.box;
 }
 
 // ---------------------------------------------------------------- correcting
@@ -293,9 +478,17 @@ function renderPoints() {
 function ensureEditor() {
   if (state.editor) return state.editor;
   const { width, height } = state.item;
-  const start = state.chosen >= 0 ? state.masks[state.chosen] : null;
-  state.editor = new MaskEditor(height, width, start);
-  state.editFrom = state.chosen >= 0 ? state.candidates[state.chosen].id : null;
+  if (state.showSaved && state.saved) {
+    // Correcting the saved verdict: start from the mask that was stored.
+    state.editor = new MaskEditor(height, width, state.saved);
+    const from = state.item.review && state.item.review.candidate;
+    state.editFrom = from && state.candidates.some((c) => c.id === from) ? from : null;
+  } else {
+    const start = state.chosen >= 0 ? state.masks[state.chosen] : null;
+    state.editor = new MaskEditor(height, width, start);
+    state.editFrom = state.chosen >= 0 ? state.candidates[state.chosen].id : null;
+  }
+  state.showSaved = false;
   return state.editor;
 }
 
@@ -304,9 +497,26 @@ function setTool(tool) {
   document.querySelectorAll("[data-tool]").forEach((b) => b.setAttribute("aria-checked", String(b.dataset.tool === state.tool)));
   stage.dataset.tool = state.tool || "";
   cursor.hidden = !(state.tool === "brush" || state.tool === "eraser");
-  if (state.tool === "refine" && state.chosen < 0 && !state.editor) {
-    el("refine-status").textContent = "Tip: choose a candidate first (1…9); clicks then refine it.";
+  if (state.tool === "refine" && !state.editor) {
+    el("refine-status").textContent =
+      state.chosen >= 0
+        ? `Click on the object: left click adds, right click removes. The clicks adjust candidate ${state.chosen + 1}.`
+        : "Click on the object: left click adds, right click removes. SAM draws the mask from your clicks alone.";
+  } else if (state.tool === "box" && !state.editor) {
+    el("refine-status").textContent = "Drag a box around the object; SAM draws the mask inside it. Clicks (C) can follow.";
   }
+  if (state.tool === "polygon") showPolygons();
+  else polyLayer.hide();
+}
+
+/** The mask being corrected as polygons with vertices to drag (simplified to within a pixel). */
+function showPolygons() {
+  if (!state.item) return;
+  const editor = ensureEditor();
+  const polygons = maskToPolygons(editor.data, editor.height, editor.width).map((p) => simplify(p, 1));
+  polyLayer.show(polygons, editor.height, editor.width);
+  el("refine-status").textContent = `${polyLayer.vertexCount()} vertices: drag one to move it, double-click an edge to add one, Alt+click to remove one.`;
+  draw();
 }
 
 function setBrush(size) {
@@ -340,6 +550,7 @@ function persist() {
     counts: state.editor.snapshot(),
     points: state.points,
     pendingRefine: state.refine.pending,
+    box: state.box,
   });
 }
 
@@ -360,6 +571,9 @@ function restoreWip(item) {
   const from = state.candidates.findIndex((c) => c.id === state.editFrom);
   if (from >= 0) state.chosen = from;
   state.points = Array.isArray(wip.points) ? wip.points : [];
+  state.box = Array.isArray(wip.box) && wip.box.length === 4 ? wip.box : null;
+  state.showSaved = false;
+  renderBox();
   const banner = el("wip-banner");
   const when = new Date(wip.savedAt || Date.now()).toLocaleTimeString();
   banner.querySelector("span").textContent = `Unsaved correction restored (from ${when}). Save it with S, or discard it.`;
@@ -400,8 +614,65 @@ stage.addEventListener("pointerdown", (event) => {
     event.preventDefault();
     const p = toImage(event);
     addRefinePoint(p.x, p.y, event.button === 0 ? 1 : 0);
+  } else if (state.tool === "box") {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    stage.setPointerCapture(event.pointerId);
+    const p = toImage(event);
+    state.boxDrag = { x: p.x, y: p.y };
+    state.box = null;
+    renderBox([p.x, p.y, p.x, p.y]);
   }
 });
+
+stage.addEventListener("pointermove", (event) => {
+  if (!state.boxDrag) return;
+  const p = toImage(event);
+  renderBox(boxOf(state.boxDrag, p));
+});
+
+stage.addEventListener("pointerup", (event) => {
+  if (!state.boxDrag) return;
+  const p = toImage(event);
+  const box = boxOf(state.boxDrag, p);
+  state.boxDrag = null;
+  if (box[2] - box[0] < 2 || box[3] - box[1] < 2) {
+    renderBox();
+    return;
+  }
+  setBoxPrompt(box);
+});
+
+/** xyxy box (image pixels, clipped to the image) spanned by two points. */
+function boxOf(a, b) {
+  const { width, height } = state.item;
+  const clip = (v, hi) => Math.round(Math.max(0, Math.min(hi, v)) * 10) / 10;
+  return [clip(Math.min(a.x, b.x), width), clip(Math.min(a.y, b.y), height), clip(Math.max(a.x, b.x), width), clip(Math.max(a.y, b.y), height)];
+}
+
+/** Draw `box` (or the box prompt kept in state) over the image. */
+function renderBox(box = state.box) {
+  const rect = el("box-rect");
+  if (!box || !state.item) {
+    rect.hidden = true;
+    return;
+  }
+  const { width, height } = state.item;
+  rect.hidden = false;
+  rect.style.left = `${(100 * box[0]) / width}%`;
+  rect.style.top = `${(100 * box[1]) / height}%`;
+  rect.style.width = `${(100 * (box[2] - box[0])) / width}%`;
+  rect.style.height = `${(100 * (box[3] - box[1])) / height}%`;
+}
+
+function setBoxPrompt(box) {
+  state.box = box;
+  renderBox();
+  renderPoints();
+  ensureEditor();
+  persist();
+  sendRefine();
+}
 
 stage.addEventListener("pointermove", (event) => {
   if (!state.item) return;
@@ -452,8 +723,10 @@ async function sendRefine() {
     points_xy: state.points.map(([x, y]) => [x, y]),
     labels: state.points.map(([, , l]) => l),
   };
-  // The mask being corrected goes along as SAM's mask prompt, so clicks adjust it rather than start over.
-  if (state.editor && state.editor.data.some((v) => v)) body.mask_rle = state.editor.toRle();
+  if (state.box) body.box_xyxy = state.box;
+  // The mask being corrected goes along as SAM's mask prompt, so clicks adjust it rather than start
+  // over; a box names a new outline, so it goes without the old mask.
+  else if (state.editor && state.editor.data.some((v) => v)) body.mask_rle = state.editor.toRle();
   el("refine-status").textContent = "Refining with SAM…";
   try {
     const req = await api("/web/refine/", { method: "POST", json: body });
@@ -509,18 +782,24 @@ async function pollRefine(id, generation, delay = 400) {
 async function postReview(body, words) {
   if (state.busy) return;
   const item = state.item;
+  const index = state.index;
   state.busy = true;
   try {
+    const before = item.review;
     const review = await api(`/api/expressions/${item.expression_id}/reviews/`, { method: "POST", json: body });
     item.review = review || { decision: body.decision, candidate: body.candidate };
+    item.ready = false;
+    item.check = null;
     clearWip(item.expression_id);
-    toast(`${words}: “${item.text}”`, "ok", 2500);
-    if (state.index < state.items.length - 1) await showItem(state.index + 1);
+    // Nothing is final until the next item is done: the toast offers Undo (Ctrl+Z does the same).
+    if (state.lastDecision && state.lastDecision.toast) state.lastDecision.toast.remove();
+    state.lastDecision = { item, index, review: item.review, before };
+    state.lastDecision.toast = toast(`${words}: “${item.text}”`, "ok", 8000, { label: "Undo", run: undoDecision });
+    const next = nextReady(index);
+    if (next >= 0 && next !== index) await showItem(next);
     else {
-      renderReview();
-      state.editor = null;
-      draw();
-      toast("That was the last item.", "info");
+      await showItem(index);
+      toast("No more items ready for review.", "info");
     }
   } catch (err) {
     toast(`Not saved: ${err.message} Your work is kept in this browser.`, "error", 8000);
@@ -530,11 +809,56 @@ async function postReview(body, words) {
   }
 }
 
+async function checkDecision(verdict) {
+  const item = state.item;
+  if (!item || !item.review || !item.review.id) return;
+  try {
+    const check = await api(`/web/reviews/${item.review.id}/check/`, {
+      method: "POST",
+      json: { verdict, note: el("check-note").value },
+    });
+    item.check = check;
+    item.ready = verdict === "sent_back";
+    el("check-note").value = "";
+    renderReview();
+    loadActivity(item);
+    toast(verdict === "approved" ? `Approved: “${item.text}”` : `Sent back: “${item.text}”`, "ok");
+  } catch (err) {
+    toast(`Not saved: ${err.message}`, "error", 8000);
+  }
+}
+
+el("check-approve").addEventListener("click", () => checkDecision("approved"));
+el("check-send-back").addEventListener("click", () => checkDecision("sent_back"));
+
+/** Take back the last decision made on this page and go back to its item. */
+async function undoDecision() {
+  // A decision still moving to the next item finishes first (Undo may come right after the key).
+  for (let i = 0; state.busy && i < 100; i += 1) await new Promise((r) => setTimeout(r, 50));
+  const last = state.lastDecision;
+  if (!last || !last.review || !last.review.id || state.busy) return;
+  state.busy = true;
+  try {
+    const answer = await api(`/web/reviews/${last.review.id}/undo/`, { method: "POST" });
+    if (last.toast) last.toast.remove();
+    last.item.review = answer.review;
+    last.item.ready = !answer.review && !!last.item.job && last.item.job.state === "succeeded";
+    state.lastDecision = null;
+    const i = state.items.indexOf(last.item);
+    await showItem(i >= 0 ? i : last.index);
+    toast(`Undone: “${last.item.text}” is back to ${answer.review ? answer.review.decision : "not reviewed"}.`, "info");
+  } catch (err) {
+    toast(`Could not undo: ${err.message}`, "error", 8000);
+  } finally {
+    state.busy = false;
+  }
+}
+
 function accept() {
   if (!state.item || !state.item.job || state.item.job.state !== "succeeded") return;
   if (state.editor && state.editor.edits > 0) return saveCorrection();
   if (state.chosen < 0) {
-    toast("Choose a candidate first: press 1…9.", "info");
+    toast("There is no candidate to accept: paint the mask (B) and save (S), or reject (R).", "info");
     return;
   }
   postReview({ decision: "accepted", candidate: state.candidates[state.chosen].id }, "Accepted");
@@ -554,14 +878,26 @@ function reject() {
 }
 
 function undo() {
-  if (state.editor && state.editor.undo()) {
-    draw();
-    persistSoon();
+  if (state.editor) {
+    if (state.editor.undo()) {
+      if (state.tool === "polygon") showPolygons();
+      draw();
+      persistSoon();
+    }
+  } else if (state.lastDecision) {
+    undoDecision();
   }
+}
+
+function onZoom(v) {
+  el("zoom-level").textContent = `${Math.round(v.zoom * 100)}%`;
+  if (state.tool === "polygon") polyLayer.render();
+  if (state.item && !state.editor) draw();
 }
 
 function redo() {
   if (state.editor && state.editor.redo()) {
+    if (state.tool === "polygon") showPolygons();
     draw();
     persistSoon();
   }
@@ -579,8 +915,23 @@ el("redo").addEventListener("click", redo);
 el("wip-discard").addEventListener("click", discardWip);
 el("clear-points").addEventListener("click", () => {
   state.points = [];
+  state.box = null;
   renderPoints();
+  renderBox();
   persist();
+});
+el("show-saved").addEventListener("click", showSavedMask);
+el("zoom-in").addEventListener("click", () => viewport.zoomBy(1.5));
+el("zoom-out").addEventListener("click", () => viewport.zoomBy(1 / 1.5));
+el("zoom-fit").addEventListener("click", () => viewport.fit());
+stageImage.addEventListener("load", () => {
+  if (!state.item) return;
+  overlay.setImage(stageImage);
+  if (state.masks.length) {
+    computeFills();
+    renderCandidates();
+  }
+  draw();
 });
 el("toggle-masks").addEventListener("click", () => setHidden(!state.hidden));
 el("toggle-scores").addEventListener("click", toggleScores);
@@ -614,13 +965,22 @@ document.addEventListener("keydown", (event) => {
   else if (key === "a" || key === "A") accept();
   else if (key === "r" || key === "R") reject();
   else if (key === "s" || key === "S") saveCorrection();
-  else if (key === "n" || key === "N" || key === "ArrowRight") showItem(state.index + 1);
+  else if (event.shiftKey && key.startsWith("Arrow")) {
+    const step = 60;
+    viewport.panBy(key === "ArrowLeft" ? step : key === "ArrowRight" ? -step : 0, key === "ArrowUp" ? step : key === "ArrowDown" ? -step : 0);
+  } else if (key === "n" || key === "N" || key === "ArrowRight") showItem(state.index + 1);
   else if (key === "p" || key === "P" || key === "ArrowLeft") showItem(state.index - 1);
   else if (key === "h" || key === "H") setHidden(!state.hidden);
   else if (key === "d" || key === "D") toggleScores();
   else if (key === "b" || key === "B") setTool("brush");
   else if (key === "e" || key === "E") setTool("eraser");
   else if (key === "c" || key === "C") setTool("refine");
+  else if (key === "x" || key === "X") setTool("box");
+  else if (key === "v" || key === "V") setTool("polygon");
+  else if (key === "z") viewport.zoomBy(1.5);
+  else if (key === "Z") viewport.zoomBy(1 / 1.5);
+  else if (key === "f" || key === "F") viewport.fit();
+  else if (key === " ") handled = true; // Space held: pan (the viewport handles it)
   else if (key === "[") setBrush(state.brush - (state.brush > 20 ? 4 : 2));
   else if (key === "]") setBrush(state.brush + (state.brush >= 20 ? 4 : 2));
   else if (key === "-") setOpacity(Number(el("opacity").value) - 10);

@@ -1,13 +1,17 @@
-"""Writes on reviews: accept a candidate, save a corrected mask, or reject all candidates."""
+"""Writes on reviews: accept a candidate, save a corrected mask, reject all candidates, or undo one.
+
+Every decision and every undo also appends a line to the expression's ``Activity`` history.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 
-from server.ris.errors import InvalidInput
-from server.ris.models import Candidate, Expression, Review, ReviewDecision
+from server.ris.errors import Conflict, InvalidInput
+from server.ris.models import Activity, ActivityVerb, Candidate, Expression, Review, ReviewDecision
 from server.ris.selectors import job_latest_for_expression
 from server.ris.services.rle import rle_validate
 
@@ -52,10 +56,48 @@ def review_create(
         corrected = rle_validate(rle, height=image.height, width=image.width)
     elif candidate is not None or rle is not None:
         raise InvalidInput("A rejected review takes neither a candidate nor a mask.")
-    return Review.objects.create(
-        expression=expression,
-        candidate=candidate,
-        corrected_rle=corrected,
-        decision=decision,
-        reviewer=reviewer,
-    )
+    with transaction.atomic():
+        review = Review.objects.create(
+            expression=expression,
+            candidate=candidate,
+            corrected_rle=corrected,
+            decision=decision,
+            reviewer=reviewer,
+        )
+        detail = f"candidate #{candidate.rank + 1}" if candidate is not None else ""
+        Activity.objects.create(
+            expression=expression, actor=reviewer, verb=decision, review_id=review.pk, detail=detail
+        )
+    return review
+
+
+def review_undo(*, review: Review, user: AbstractBaseUser) -> Review | None:
+    """Take back ``review``, the latest verdict on its expression, made by ``user``.
+
+    The row is deleted (so every reader sees the verdict before it again) and an ``undone`` line is kept
+    in the expression's activity. Returns the verdict now in force (or None). Raises ``Conflict`` when a
+    newer review exists or another person made this one.
+    """
+    with transaction.atomic():
+        latest = (
+            Review.objects.select_for_update()
+            .filter(expression_id=review.expression_id)
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        if latest is None or latest.pk != review.pk:
+            raise Conflict("Only the latest decision on an expression can be undone; a newer one exists.")
+        if review.reviewer_id != user.pk:
+            raise Conflict("Only the person who made a decision can undo it.")
+        words = ReviewDecision(review.decision).label.lower()
+        Activity.objects.create(
+            expression_id=review.expression_id,
+            actor=user,
+            verb=ActivityVerb.UNDONE,
+            review_id=review.pk,
+            detail=f"undid {words}",
+        )
+        review.delete()
+        return (
+            Review.objects.filter(expression_id=latest.expression_id).order_by("-created_at", "-id").first()
+        )
