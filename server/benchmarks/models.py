@@ -66,6 +66,11 @@ class BenchmarkPipelineResult(models.Model):
     seconds_per_image = models.FloatField()
     model_calls_per_sentence = models.JSONField(default=dict, blank=True)
     iou_histogram = models.JSONField(default=list, blank=True)
+    ranking = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Hit@k, oracle IoU@k, ceiling_iou, ceiling_hit in percent (workers.engine.data.metrics)",
+    )
 
     class Meta:
         ordering = ["run", "pipeline"]
@@ -142,6 +147,10 @@ class BenchmarkSentenceResult(models.Model):
     seconds = models.FloatField()
     image_seconds = models.FloatField()
     model_calls = models.JSONField(default=dict, blank=True)
+    ranked_ious = models.JSONField(
+        default=list, blank=True, help_text="IoUs of the top 10 candidates, rank order"
+    )
+    ceiling_iou = models.FloatField(null=True, blank=True, help_text="best IoU over every candidate")
 
     class Meta:
         ordering = ["run", "pipeline", "image_id", "sent_id"]
