@@ -11,6 +11,9 @@ Stand-ins
 - ``write_tiny_mllm``: LLaVA-1.5 layout (llava-hf/llava-1.5-7b-hf): ``LlavaForConditionalGeneration`` with a
   CLIP vision tower and a Llama language model + ``LlavaProcessor`` with a chat template of the
   "USER: <image>\\n... ASSISTANT:" shape.
+- ``write_tiny_sam3``: SAM 3 layout (facebook/sam3): ``Sam3Model`` (ViT backbone, CLIP text encoder, DETR
+  encoder / decoder, mask decoder, every part shrunk) + ``Sam3Processor`` (``Sam3ImageProcessor`` at 224 px,
+  the real CLIP BPE tokenizer).
 - ``write_tiny_diffusion``: Stable Diffusion 1.5 layout: UNet, VAE (8x downsampling), CLIP text encoder,
   the real CLIP BPE tokenizer (vocab.json + merges.txt formed from open_clip's bundled BPE file), DDIM
   scheduler with SD 1.5's values, no safety checker.
@@ -567,4 +570,77 @@ def write_tiny_diffusion(dest: Path, seed: int = 0) -> dict:
         "text_encoder": {"model_type": "clip_text_model", **text},
         "tokenizer": "clip_bpe_16e6",
         "scheduler": {"class": "DDIMScheduler", **SD15_SCHEDULER_CONFIG},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SAM 3 layout
+# ---------------------------------------------------------------------------------------------------------
+
+SAM3_IMAGE_SIZE = 224
+SAM3_PATCH_SIZE = 14
+SAM3_QUERIES = 20
+
+
+def write_tiny_sam3(dest: Path, seed: int = 0) -> dict:
+    """Write a tiny random SAM 3 (``Sam3Model``) and its ``Sam3Processor`` into ``dest``.
+
+    The ViT sees 224 x 224 images in 14 px patches (a 16 x 16 grid; FPN levels 64, 32, 16), the DETR decoder
+    has 20 queries, and masks come out at 64 x 64 before the processor resizes them to the image. The
+    tokenizer is CLIP's real BPE (49408 tokens), as SAM 3's. Returns the manifest's "arch" dict.
+    """
+    from transformers import CLIPTokenizerFast, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    dest = _prepare_dest(dest)
+    grid = SAM3_IMAGE_SIZE // SAM3_PATCH_SIZE
+    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    config = Sam3Config(
+        vision_config={
+            "backbone_config": {
+                "model_type": "sam3_vit_model",
+                "num_hidden_layers": 2,
+                "image_size": SAM3_IMAGE_SIZE,
+                "patch_size": SAM3_PATCH_SIZE,
+                "window_size": 8,
+                "global_attn_indexes": [1],
+                "pretrain_image_size": SAM3_IMAGE_SIZE,
+                **small,
+            },
+            "fpn_hidden_size": 32,
+            "backbone_feature_sizes": [[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]],
+        },
+        text_config={
+            "model_type": "clip_text_model",
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "projection_dim": 32,
+            "num_hidden_layers": 2,
+            "max_position_embeddings": 32,
+            **small,
+        },
+        geometry_encoder_config={"num_layers": 1, **small},
+        detr_encoder_config={"num_layers": 1, **small},
+        detr_decoder_config={"num_layers": 1, "num_queries": SAM3_QUERIES, **small},
+        mask_decoder_config={"hidden_size": 32, "num_attention_heads": 2},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam3Model(config).eval()
+    model.save_pretrained(dest)
+
+    tokenizer_dir = dest / "_clip_tokenizer"
+    write_clip_tokenizer_folder(tokenizer_dir)
+    tokenizer = CLIPTokenizerFast.from_pretrained(tokenizer_dir, model_max_length=32)
+    shutil.rmtree(tokenizer_dir)
+    image_processor = Sam3ImageProcessor(
+        size={"height": SAM3_IMAGE_SIZE, "width": SAM3_IMAGE_SIZE},
+        mask_size={"height": grid * 4, "width": grid * 4},
+    )
+    Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(dest)
+    return {
+        "model_class": "Sam3Model",
+        "processor_class": "Sam3Processor",
+        "stands_in_for": "facebook/sam3",
+        "image_size": SAM3_IMAGE_SIZE,
+        "patch_size": SAM3_PATCH_SIZE,
+        "num_queries": SAM3_QUERIES,
     }
