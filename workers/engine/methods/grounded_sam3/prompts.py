@@ -167,6 +167,8 @@ def parse_selection(answer: str, n: int) -> Selection:
         for key in ("order", "answer", "ids", "candidates", "selected"):
             if key in found:
                 numbers = _numbers(found[key])
+                if numbers is None:  # a JSON order that is not numbers: unusable, not re-read as text
+                    numbers = []
                 break
         if numbers == [] and found.get("order") == []:
             none_found = True
