@@ -81,6 +81,19 @@ class BenchmarkPipelineResult(models.Model):
     def __str__(self) -> str:
         return f"{self.pipeline} oIoU {self.oiou:.2f} mIoU {self.miou:.2f}"
 
+    #: The ranking columns in page order (keys of ``ranking``; k as in ``workers.engine.data.metrics.HIT_KS``).
+    RANKING_KEYS = (
+        *(f"hit@{k}" for k in (1, 3, 5, 10)),
+        *(f"oracle_iou@{k}" for k in (1, 3, 5, 10)),
+        "ceiling_iou",
+        "ceiling_hit",
+    )
+
+    @property
+    def ranking_cells(self) -> list[float | None]:
+        """``ranking``'s values in ``RANKING_KEYS`` order (``None`` for a run stored before they existed)."""
+        return [self.ranking.get(key) for key in self.RANKING_KEYS]
+
 
 class BenchmarkShard(models.Model):
     """A slice of a distributed run's images, handled by one ``run_benchmark_shard`` task.

@@ -84,8 +84,10 @@ def test_benchmark_grounded_sam3_falls_back_to_whole_image_proposals(
 
 @pytest.mark.django_db
 def test_benchmark_runs_the_ensemble(
-    synthetic_root: Path, tiny_store: Path, tmp_path: Path, engine_settings
+    synthetic_root: Path, tiny_store: Path, tmp_path: Path, engine_settings, client, user
 ) -> None:
+    from server.benchmarks.models import BenchmarkRun
+
     engine_settings(model_dir=tiny_store, cache_dir=tmp_path / "cache", profile="tiny", device="cpu")
     out = tmp_path / "run"
     rows = _benchmark(
@@ -100,6 +102,14 @@ def test_benchmark_runs_the_ensemble(
     assert max(r["ceiling_iou"] or 0.0 for r in rows) > 0.5
     summary = _summary_has_ranking(out, "ensemble")
     assert summary["ceiling_hit"] > 0.0
+    # the run stored in the database shows the ranking table on its page
+    run = BenchmarkRun.objects.get()
+    stored = run.pipeline_results.get(pipeline="ensemble")
+    assert stored.ranking["hit@10"] == pytest.approx(summary["hit@10"])
+    assert run.sentence_results.filter(ceiling_iou__isnull=False).count() == len(rows)
+    client.force_login(user)
+    page = client.get(f"/benchmarks/{run.pk}/").content.decode()
+    assert "<th>Hit@1</th>" in page and f"{summary['ceiling_iou']:.2f}" in page
 
 
 @pytest.mark.django_db

@@ -105,3 +105,17 @@ def test_ensemble_config_is_checked_at_the_door() -> None:
         resolve_config("ensemble", {"member_configs": {"lgd": {}}})
     with pytest.raises(ConfigError, match="'member_profile' must be one of"):
         resolve_config("ensemble", {"member_profile": "huge"})
+
+
+def test_a_missing_member_model_fails_before_any_work_naming_the_member_key(tmp_path) -> None:
+    from tests.engine.ranking_fixtures import image_input
+    from workers.engine.core.errors import ModelStoreError
+    from workers.engine.core.settings import EngineSettings
+    from workers.engine.runtime import Engine
+
+    engine = Engine(
+        EngineSettings(model_dir=tmp_path / "empty", cache_dir=None, device="cpu", profile="tiny")
+    )
+    rgb = np.zeros((20, 30, 3), dtype=np.uint8)
+    with pytest.raises(ModelStoreError, match=r"members\.global_local\.(clip_model|proposal_source)"):
+        engine.predict(image_input(rgb), ["the thing"], pipeline="ensemble")
