@@ -1,7 +1,7 @@
 """``grounded_sam3`` and ``ensemble`` end to end with the tiny store models: through ``manage.py benchmark`` on the
 synthetic REFER set and through the segmentation task (in-process, the real engine, as a worker runs it).
 
-A store holding just what the runs need (``sam_tiny``, ``clip_tiny``, ``mllm_tiny``, ``sam3_tiny``) is written
+A store holding just what the runs need (``sam_tiny``, ``clip_tiny``, ``qwen_vl_tiny``, ``sam3_tiny``) is written
 once per module; the engine is built from the Django settings as in production. Tiny models prove wiring,
 never quality: the assertions are on shapes, counts and bookkeeping.
 """
@@ -28,7 +28,7 @@ ENSEMBLE_MEMBERS = {
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("grounding-store")
-    make_tiny(ModelStore(root), ["sam_tiny", "clip_tiny", "mllm_tiny", "sam3_tiny"])
+    make_tiny(ModelStore(root), ["sam_tiny", "clip_tiny", "qwen_vl_tiny", "sam3_tiny"])
     return root
 
 
@@ -65,7 +65,7 @@ def test_benchmark_runs_grounded_sam3(
     assert all(len(r["ranked_ious"]) == r["n_candidates"] for r in rows)
     assert all(r["ceiling_iou"] == pytest.approx(max(r["ranked_ious"])) for r in rows)
     calls = {m for r in rows for m in r["model_calls"]}
-    assert {"sam3_tiny", "mllm_tiny"} <= calls
+    assert {"sam3_tiny", "qwen_vl_tiny"} <= calls
     _summary_has_ranking(out, "grounded_sam3")
 
 
@@ -147,7 +147,7 @@ def test_a_job_runs_through_the_segmentation_task(
     components = candidates[0].components
     if pipeline == "grounded_sam3":
         assert {"sam3_score", "llm_rank", "llm_chosen", "fallback"} <= set(components)
-        assert job.config["sam3_model"] == "sam3_tiny" and job.config["mllm_model"] == "mllm_tiny"
+        assert job.config["sam3_model"] == "sam3_tiny" and job.config["mllm_model"] == "qwen_vl_tiny"
     else:
         assert {"rank_oracle", "rank_global_local", "score"} <= set(components)
         assert job.config["member_profile"] == "tiny"

@@ -31,7 +31,7 @@ def test_the_api_says_which_models_each_pipeline_needs_and_has(
     api_client, engine_settings, tmp_path: Path
 ) -> None:
     store = ModelStore(tmp_path / "models")
-    for name in ("sam3_tiny", "mllm_tiny"):
+    for name in ("sam3_tiny", "qwen_vl_tiny"):
         _record_fake(store, name)
     engine_settings(model_dir=tmp_path / "models", profile="tiny")
     listed = {p["name"]: p for p in api_client.get("/api/pipelines/").json()}
@@ -40,7 +40,7 @@ def test_the_api_says_which_models_each_pipeline_needs_and_has(
     assert "SAM 3" in grounded["needs"] and "GPU" in grounded["needs"]
     models = {m["key"]: m for m in grounded["models"]}
     assert models["sam3_model"] == {"key": "sam3_model", "name": "sam3_tiny", "present": True}
-    assert models["mllm_model"]["name"] == "mllm_tiny" and models["mllm_model"]["present"]
+    assert models["mllm_model"]["name"] == "qwen_vl_tiny" and models["mllm_model"]["present"]
     assert models["fallback_source"] == {"key": "fallback_source", "name": "mobile_sam", "present": False}
     assert grounded["models_present"] is False
 
