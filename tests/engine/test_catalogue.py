@@ -55,7 +55,9 @@ def test_a_new_pipeline_is_one_package_and_one_catalogue_entry(with_plugin: Path
 
 
 def test_catalogue_errors_name_the_file_and_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    with pytest.raises(UnknownPipelineError, match="known pipelines are: ensemble, global_local, grounded_sam3, lgd"):
+    with pytest.raises(
+        UnknownPipelineError, match="known pipelines are: ensemble, global_local, grounded_sam3, lgd"
+    ):
         pipeline_entry("nope")
     clash = tmp_path / "clash.json"
     clash.write_text(
