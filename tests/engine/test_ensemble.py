@@ -119,3 +119,34 @@ def test_a_missing_member_model_fails_before_any_work_naming_the_member_key(tmp_
     rgb = np.zeros((20, 30, 3), dtype=np.uint8)
     with pytest.raises(ModelStoreError, match=r"members\.global_local\.(clip_model|proposal_source)"):
         engine.predict(image_input(rgb), ["the thing"], pipeline="ensemble")
+
+
+def test_members_share_one_proposal_run_and_the_fusion_equals_fuse_of_their_rankings(model_hub) -> None:
+    from tests.engine.ranking_fixtures import TINY_SAM_AMG, image_input, random_rgb
+    from workers.engine.core.cache import FeatureCache
+    from workers.engine.core.meter import Meter
+    from workers.engine.methods.registry import build_pipeline
+
+    shared = {"proposal_source": "sam_tiny", "amg": TINY_SAM_AMG, "clip_model": "clip_tiny"}
+    config = {
+        "members": ["global_local", "lgd"],
+        "member_configs": {
+            "global_local": shared,
+            "lgd": {**shared, "use_att": False, "use_sur": False, "r": 0.0},  # no MLLM call
+        },
+    }
+    cache, meter = FeatureCache(memory_bytes=64 << 20), Meter()
+    ensemble = build_pipeline("ensemble", config, model_hub, cache, meter, profile="tiny")
+    ctx = ensemble.context(image_input(random_rgb(48, 64, seed=5)))
+    expressions = ["the red car on the left", "a dog"]
+    fused = ensemble.predict(ctx, expressions)
+    assert meter.calls("sam_tiny") == 1  # one automatic-mask run, shared by both members
+    members = ensemble.members()
+    answers = {name: member.predict(ctx, expressions) for name, member in members.items()}
+    assert meter.calls("sam_tiny") == 1
+    for e in range(len(expressions)):
+        expected = fuse([answers["global_local"][e], answers["lgd"][e]], ["global_local", "lgd"])
+        assert [c.rle for c in fused[e]] == [c.rle for c in expected]
+        assert [c.score for c in fused[e]] == pytest.approx([c.score for c in expected])
+        # the same proposals: every fused candidate was ranked by both members
+        assert all(c.components["rank_global_local"] >= 1 and c.components["rank_lgd"] >= 1 for c in fused[e])
