@@ -66,6 +66,11 @@ class BenchmarkPipelineResult(models.Model):
     seconds_per_image = models.FloatField()
     model_calls_per_sentence = models.JSONField(default=dict, blank=True)
     iou_histogram = models.JSONField(default=list, blank=True)
+    ranking = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Hit@k, oracle IoU@k, ceiling_iou, ceiling_hit in percent (workers.engine.data.metrics)",
+    )
 
     class Meta:
         ordering = ["run", "pipeline"]
@@ -75,6 +80,19 @@ class BenchmarkPipelineResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pipeline} oIoU {self.oiou:.2f} mIoU {self.miou:.2f}"
+
+    #: The ranking columns in page order (keys of ``ranking``; k as in ``workers.engine.data.metrics.HIT_KS``).
+    RANKING_KEYS = (
+        *(f"hit@{k}" for k in (1, 3, 5, 10)),
+        *(f"oracle_iou@{k}" for k in (1, 3, 5, 10)),
+        "ceiling_iou",
+        "ceiling_hit",
+    )
+
+    @property
+    def ranking_cells(self) -> list[float | None]:
+        """``ranking``'s values in ``RANKING_KEYS`` order (``None`` for a run stored before they existed)."""
+        return [self.ranking.get(key) for key in self.RANKING_KEYS]
 
 
 class BenchmarkShard(models.Model):
@@ -142,6 +160,10 @@ class BenchmarkSentenceResult(models.Model):
     seconds = models.FloatField()
     image_seconds = models.FloatField()
     model_calls = models.JSONField(default=dict, blank=True)
+    ranked_ious = models.JSONField(
+        default=list, blank=True, help_text="IoUs of the top 10 candidates, rank order"
+    )
+    ceiling_iou = models.FloatField(null=True, blank=True, help_text="best IoU over every candidate")
 
     class Meta:
         ordering = ["run", "pipeline", "image_id", "sent_id"]

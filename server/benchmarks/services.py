@@ -100,7 +100,9 @@ def run_restart(*, run: BenchmarkRun, spec: Mapping[str, Any]) -> BenchmarkRun:
 
 def sentence_results_store(*, run: BenchmarkRun, records: Iterable[Mapping[str, Any]]) -> int:
     """Insert per-sentence records; one already stored for (run, pipeline, sent_id) is kept as it is."""
-    rows = [BenchmarkSentenceResult(run=run, **{k: r[k] for k in _SENTENCE_FIELDS}) for r in records]
+    rows = [
+        BenchmarkSentenceResult(run=run, **{k: r[k] for k in _SENTENCE_FIELDS if k in r}) for r in records
+    ]
     with transaction.atomic():
         BenchmarkSentenceResult.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
     return len(rows)
@@ -141,6 +143,7 @@ def run_finish(
                 seconds_per_image=s["seconds_per_image"],
                 model_calls_per_sentence=dict(s["model_calls_per_sentence"]),
                 iou_histogram=list(s["iou_histogram"]),
+                ranking={k: v for k, v in s.items() if k.startswith(("hit@", "oracle_iou@", "ceiling_"))},
             )
             for name, s in summary.items()
         ]

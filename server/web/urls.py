@@ -13,6 +13,7 @@ urlpatterns = [
     path("projects/<int:project_id>/review/", views.review_page, name="review"),
     path("images/<int:image_id>/", views.image_detail_page, name="image-detail"),
     path("shortcuts/", views.shortcuts_page, name="shortcuts"),
+    path("pipelines/", views.pipelines_page, name="pipelines"),
     path("web/projects/<int:project_id>/review/items/", views.ReviewItemsApi.as_view(), name="review-items"),
     path("web/reviews/<int:review_id>/undo/", views.ReviewUndoApi.as_view(), name="review-undo"),
     path("web/reviews/<int:review_id>/check/", views.ReviewCheckApi.as_view(), name="review-check"),

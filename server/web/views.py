@@ -114,6 +114,16 @@ def shortcuts_page(request: HttpRequest) -> HttpResponse:
     return render(request, "web/shortcuts.html")
 
 
+@login_required
+def pipelines_page(request: HttpRequest) -> HttpResponse:
+    """Every pipeline, what it needs (models, GPU or CPU), and whether its models are in the store."""
+    from server.ris.pipeline_selectors import pipeline_list
+
+    engine = settings.RIS_ENGINE
+    pipelines = pipeline_list(profile=engine.profile, model_dir=engine.model_dir)
+    return render(request, "web/pipelines.html", {"pipelines": pipelines, "profile": engine.profile})
+
+
 # ------------------------------------------------------------------------------------------ endpoints
 
 

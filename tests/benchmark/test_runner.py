@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.benchmark.oracle import ColourOracleEngine, colour_mask
+from workers.engine.core.types import Candidate
 from workers.engine.data.benchmark.report import parse_config_overrides, summarize_results, write_report
 from workers.engine.data.benchmark.results import ResultsFile, ResultsFileError, SentenceResult, hold_sigint
 from workers.engine.data.benchmark.runner import run_groups
@@ -209,3 +210,50 @@ def test_config_overrides_parse_to_nested_values() -> None:
         parse_config_overrides(["v=0.85"], ["global_local"])
     with pytest.raises(ValueError, match="not among --pipeline"):
         parse_config_overrides(["lgd.alpha=1"], ["global_local"])
+
+
+class ShuffledOracleEngine(ColourOracleEngine):
+    """Puts a wrong (empty-of-target) mask first and the oracle's right one second: Hit@1 = 0, Hit@3 = hit."""
+
+    def predict(self, image, expressions, *, pipeline, config=None, top_k=None):  # type: ignore[override]
+        right = super().predict(image, expressions, pipeline=pipeline, config=config, top_k=top_k)
+        answers = []
+        for ranked in right.candidates:
+            if not ranked:
+                answers.append([])
+                continue
+            h, w = image.rgb.shape[:2]
+            wrong = np.zeros((h, w), dtype=np.uint8)
+            wrong[0, 0] = 1  # one pixel in a corner: IoU ~ 0 with any target
+            from pycocotools import mask as mask_utils
+
+            rle = mask_utils.encode(np.asfortranarray(wrong))
+            rle = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+            first = Candidate(0, rle, (0.0, 0.0, 1.0, 1.0), 1, 2.0, {})
+            answers.append([first, *ranked])
+        return Prediction(answers, pipeline, right.config, "oracle")
+
+
+def test_ranking_metrics_see_the_right_mask_at_rank_two(synthetic_root: Path, tmp_path: Path) -> None:
+    ds = ReferDataset(synthetic_root, "refcoco", "val")
+    right = _run(ds, ColourOracleEngine())
+    shuffled = _run(ds, ShuffledOracleEngine())
+    for r, s in zip(right, shuffled, strict=True):
+        assert len(s.ranked_ious) == r.n_candidates + 1
+        if r.n_candidates:
+            assert s.ranked_ious[1] == pytest.approx(r.iou)
+            assert s.ceiling_iou == pytest.approx(max(r.iou, s.ranked_ious[0]))
+    hits = 100.0 * sum(1 for r in right if r.iou > 0.5) / len(right)
+    summary = summarize_results(shuffled, ["oracle"])["oracle"]
+    assert summary["hit@1"] == pytest.approx(summary["prec@0.5"])
+    assert summary["hit@1"] < hits  # the corner pixel is first
+    assert summary["hit@3"] == pytest.approx(hits) and summary["hit@10"] == pytest.approx(hits)
+    assert summary["ceiling_hit"] == pytest.approx(hits)
+    assert summary["oracle_iou@3"] == pytest.approx(100 * np.mean([r.iou for r in right]))
+    paths = write_report(tmp_path, {**ds.describe(), "limit": None, "configs": {}}, {"oracle": summary})
+    markdown = paths["markdown"].read_text()
+    assert "| pipeline | Hit@1 | Hit@3 | Hit@5 | Hit@10 | oracle IoU@1 |" in markdown
+    assert f"| oracle | {summary['hit@1']:.2f} | {summary['hit@3']:.2f} |" in markdown
+    document = json.loads(paths["json"].read_text())
+    assert document["pipelines"]["oracle"]["hit@3"] == pytest.approx(hits)
+    assert "ceiling_iou" in document["pipelines"]["oracle"]

@@ -30,7 +30,7 @@ def with_plugin(monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_builtin_pipelines_and_their_descriptions() -> None:
-    assert pipeline_names() == ["global_local", "lgd", "refdiff", "tas"]
+    assert pipeline_names() == ["ensemble", "global_local", "grounded_sam3", "lgd", "refdiff", "tas"]
     for name, entry in pipeline_catalogue().items():
         assert entry.title and entry.description and entry.paper, name
         assert entry.config_class().__name__.endswith("Config")
@@ -55,7 +55,9 @@ def test_a_new_pipeline_is_one_package_and_one_catalogue_entry(with_plugin: Path
 
 
 def test_catalogue_errors_name_the_file_and_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    with pytest.raises(UnknownPipelineError, match="known pipelines are: global_local, lgd"):
+    with pytest.raises(
+        UnknownPipelineError, match="known pipelines are: ensemble, global_local, grounded_sam3, lgd"
+    ):
         pipeline_entry("nope")
     clash = tmp_path / "clash.json"
     clash.write_text(

@@ -50,5 +50,5 @@ def test_configs_catalogues_and_settings_are_torch_free() -> None:
     assert seen == {
         "torch": False,
         "numpy_torch": False,
-        "pipelines": ["global_local", "lgd", "refdiff", "tas"],
+        "pipelines": ["ensemble", "global_local", "grounded_sam3", "lgd", "refdiff", "tas"],
     }

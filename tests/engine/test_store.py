@@ -27,6 +27,7 @@ CONTRACT_NAMES = {
     "clip_vit_b_32", "clip_vit_b_16", "clip_rn50", "clip_tiny",
     "blip2_opt_2_7b", "captioner_tiny", "llava_1_5_7b", "smolvlm_256m", "mllm_tiny",
     "sd_1_5", "sd_tiny", "spacy_en",
+    "sam3", "sam3_tiny", "qwen2_5_vl_7b", "qwen2_5_vl_3b", "qwen_vl_tiny",
 }  # fmt: skip
 
 

@@ -287,9 +287,17 @@ def test_expression_creation_is_rate_limited(api_client, image, monkeypatch):
 
 def test_pipelines_are_listed_from_the_catalogue(api_client):
     listed = api_client.get("/api/pipelines/").json()
-    assert [p["name"] for p in listed] == ["global_local", "lgd", "refdiff", "tas"]
+    assert [p["name"] for p in listed] == [
+        "ensemble",
+        "global_local",
+        "grounded_sam3",
+        "lgd",
+        "refdiff",
+        "tas",
+    ]
     tas = next(p for p in listed if p["name"] == "tas")
     assert tas["title"] == "TAS" and "EMNLP" in tas["paper"] and "rectifier" in tas["description"]
+    assert all(p["needs"] for p in listed)
 
 
 def test_database_down_gives_503_json(api_client, monkeypatch):

@@ -124,11 +124,10 @@ class Engine:
         Raises:
             ModelStoreError: a named model is missing or fails its checksums.
         """
+        from workers.engine.methods.catalogue import config_models
+
         store = getattr(self.hub, "store", None) or self.store
-        for key, _family in type(config).model_fields():
-            value: Any = config
-            for part in key.split("."):
-                value = getattr(value, part)
+        for key, value in config_models(config):  # an ensemble's members' models too
             if catalogue_has(str(value)):
                 try:
                     store.verify(str(value))

@@ -22,8 +22,9 @@ export async function fillPipelineSelects(root = document) {
     select.replaceChildren();
     select.appendChild(new Option("Default", ""));
     for (const p of pipelines) {
-      const opt = new Option(p.name, p.name);
-      opt.title = p.description || "";
+      const missing = p.models_present === false;
+      const opt = new Option(missing ? `${p.name} (models missing)` : p.name, p.name);
+      opt.title = [p.description, p.needs].filter(Boolean).join(" Needs: ");
       select.appendChild(opt);
     }
     if (preferred && pipelines.some((p) => p.name === preferred)) select.value = preferred;

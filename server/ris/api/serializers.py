@@ -182,8 +182,17 @@ class ExpressionOut(serializers.Serializer):
         return expression.author.get_username() if expression.author else None
 
 
+class PipelineModelOut(serializers.Serializer):
+    key = serializers.CharField(help_text="dotted config key naming the model")
+    name = serializers.CharField(help_text="store model name under the engine's profile")
+    present = serializers.BooleanField(help_text="in the model store with every file on disk")
+
+
 class PipelineOut(serializers.Serializer):
     name = serializers.CharField()
     title = serializers.CharField()
     paper = serializers.CharField()
     description = serializers.CharField()
+    needs = serializers.CharField(allow_blank=True, help_text="one line: the models and hardware it needs")
+    models = PipelineModelOut(many=True)
+    models_present = serializers.BooleanField(help_text="every model of its default config is present")

@@ -9,6 +9,18 @@ Per sentence, ``I = |pred AND gt|`` and ``U = |pred OR gt|`` (pixel counts). Ove
 
 Every sentence counts: a sentence with no prediction is scored with an empty mask (I = 0, U = |gt|).
 Ref-Diff's area-weighted "mIoU" is deliberately not offered.
+
+Ranking metrics (what an annotator sees: the first few candidates of a ranked list), from each sentence's
+IoUs of its candidates in rank order (``ious[0]`` is the top candidate) and its proposal ceiling:
+
+- Hit@k = 100 * fraction of sentences whose best IoU among the top k candidates is > 0.5 (strict, as
+  Prec@0.5; Hit@1 equals Prec@0.5), k in {1, 3, 5, 10}. A sentence with fewer than k candidates uses those
+  it has; one with none counts as a miss.
+- oracle IoU@k = 100 * mean over sentences of the best IoU among the top k (0 for no candidate).
+- proposal ceiling = 100 * mean over sentences of the best IoU over *every* candidate the pipeline returned
+  (for pipelines that rank all proposals, every proposal), and ``ceiling hit`` the share of sentences where
+  that best IoU is > 0.5. When oracle IoU@10 is close to the ceiling but IoU@1 is far below, ranking limits
+  the pipeline; when the ceiling itself is low, the proposals do.
 """
 
 from __future__ import annotations
@@ -18,10 +30,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PREC_THRESHOLDS", "SentenceScore", "intersection_union", "iou_histogram", "summarize"]
+__all__ = [
+    "HIT_KS",
+    "PREC_THRESHOLDS",
+    "SentenceScore",
+    "best_iou_at",
+    "intersection_union",
+    "iou_histogram",
+    "ranking_summary",
+    "summarize",
+]
 
 # Thresholds in tenths, so the strict comparison is exact integer arithmetic.
 PREC_THRESHOLDS: tuple[int, ...] = (5, 6, 7, 8, 9)
+
+#: The k of Hit@k and oracle IoU@k; the benchmark keeps the IoUs of the top ``max(HIT_KS)`` candidates.
+HIT_KS: tuple[int, ...] = (1, 3, 5, 10)
 
 
 @dataclass(frozen=True)
@@ -87,3 +111,51 @@ def iou_histogram(ious: Iterable[float], bins: int = 10) -> list[int]:
     for iou in ious:
         counts[min(int(iou * bins), bins - 1)] += 1
     return counts
+
+
+def best_iou_at(ious: Sequence[float], k: int) -> float:
+    """The best IoU among the first ``k`` of ``ious`` (rank order); 0 when there is none.
+
+    Raises:
+        ValueError: ``k < 1``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    head = [float(v) for v in list(ious)[:k]]
+    return max(head) if head else 0.0
+
+
+def ranking_summary(
+    ranked_ious: Sequence[Sequence[float]],
+    ceilings: Sequence[float | None],
+    ks: Sequence[int] = HIT_KS,
+) -> dict[str, float]:
+    """Hit@k, oracle IoU@k and the proposal ceiling (all in percent) of a list of sentences.
+
+    Args:
+        ranked_ious: per sentence, the IoUs of its candidates in rank order (at least the top ``max(ks)``).
+        ceilings: per sentence, the best IoU over all its candidates (``None``: no candidate, counted as 0).
+        ks: the k to report.
+
+    Returns ``{"hit@1", ..., "oracle_iou@1", ..., "ceiling_iou", "ceiling_hit"}``; with no sentences every
+    value is 0.
+
+    Raises:
+        ValueError: the two lists differ in length, or an IoU lies outside [0, 1].
+    """
+    if len(ranked_ious) != len(ceilings):
+        raise ValueError(f"{len(ranked_ious)} ranked IoU lists for {len(ceilings)} ceilings")
+    for values in ranked_ious:
+        for v in values:
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"an IoU of {v} is outside [0, 1]")
+    n = len(ranked_ious)
+    result: dict[str, float] = {}
+    for k in ks:
+        best = [best_iou_at(ious, k) for ious in ranked_ious]
+        result[f"hit@{k}"] = 100.0 * sum(1 for b in best if b > 0.5) / n if n else 0.0
+        result[f"oracle_iou@{k}"] = 100.0 * sum(best) / n if n else 0.0
+    tops = [float(c) if c is not None else 0.0 for c in ceilings]
+    result["ceiling_iou"] = 100.0 * sum(tops) / n if n else 0.0
+    result["ceiling_hit"] = 100.0 * sum(1 for c in tops if c > 0.5) / n if n else 0.0
+    return result

@@ -2,7 +2,8 @@
 files named in ``$RIS_PIPELINE_CATALOGUES`` (paths separated by ``os.pathsep``). Torch-free: the web process
 reads it to list pipelines, describe them and validate a job's config at the door.
 
-An entry: ``title``, ``paper``, ``description`` (one line for people), ``pipeline`` and ``config`` as
+An entry: ``title``, ``paper``, ``description`` (one line for people), ``needs`` (optional: one line on the
+models and hardware it needs), ``pipeline`` and ``config`` as
 ``"module:Class"`` (the config module must be torch-free), and ``profile_overrides`` (per model profile, config
 values that profile needs, e.g. the tiny diffusion model's input size). A new method is one package under
 ``workers/engine/methods/`` plus one entry here.
@@ -39,6 +40,7 @@ class PipelineEntry:
     config: str
     profile_overrides: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    needs: str = ""
 
     def config_class(self) -> type[Config]:
         """The pipeline's config class (imported from its torch-free module).
@@ -91,8 +93,34 @@ class PipelineEntry:
         return self.default_config(profile).merged(overrides)
 
     def to_json(self) -> dict[str, Any]:
-        """What the web app shows: name, title, paper, description."""
-        return {"name": self.name, "title": self.title, "paper": self.paper, "description": self.description}
+        """What the web app shows: name, title, paper, description, needs."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "paper": self.paper,
+            "description": self.description,
+            "needs": self.needs,
+        }
+
+    def models(self, profile: str = "paper") -> list[tuple[str, str]]:
+        """``(dotted config key, store model name)`` of every model the profile's default config names."""
+        return config_models(self.default_config(profile))
+
+
+def config_models(config: Config, prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, model name)`` of every model field of ``config``; a config that combines other pipelines
+    (``members`` and ``member_config(name)``, the ensemble) contributes its members' models as
+    ``members.<name>.<key>``."""
+    found = []
+    for key, _family in type(config).model_fields():
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        found.append((prefix + key, str(value)))
+    member_config = getattr(config, "member_config", None)
+    for name in getattr(config, "members", ()) if callable(member_config) else ():
+        found.extend(config_models(member_config(name), f"{prefix}members.{name}."))
+    return found
 
 
 def _import(target: str, what: str) -> Any:
@@ -134,6 +162,7 @@ def _read(path: Path) -> dict[str, PipelineEntry]:
             config=str(data["config"]),
             profile_overrides=dict(data.get("profile_overrides") or {}),
             source=str(path),
+            needs=str(data.get("needs", "")),
         )
     return entries
 

@@ -13,6 +13,10 @@ known once a file is on disk), plus a one-line ``description``. Source kinds:
 - ``{"kind": "package", "package", "module", "resource"?, "sha256"?}``: a file inside (or the whole of) an
   installed Python package.
 - ``{"kind": "tiny", "seed"}``: random weights written by ``workers.engine.store.tiny.writers``.
+
+A hub source with ``"gated": true`` (SAM 3) needs its licence accepted on the hub and a token: ``hf auth
+login`` on the machine, or ``HF_TOKEN`` in the environment, which ``huggingface_hub`` reads itself; the
+project never reads, stores or logs it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from workers.engine.core.errors import ConfigError, ModelStoreError
 
 CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
 
-FAMILIES = ("sam", "clip", "captioner", "mllm", "diffusion", "text")
+FAMILIES = ("sam", "clip", "captioner", "mllm", "diffusion", "text", "sam3")
 FORMATS = (
     "sam_checkpoint",
     "open_clip_checkpoint",

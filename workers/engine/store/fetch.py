@@ -159,7 +159,8 @@ def _fetch_from_hub(store: ModelStore, cat: CatalogueEntry) -> ModelEntry:
         except (GatedRepoError, RepositoryNotFoundError) as exc:
             raise ModelStoreError(
                 f"the model hub refused {repo} for {cat.name!r} (not found, or gated: accept its licence on "
-                f"huggingface.co and log in with `hf auth login`): {type(exc).__name__}. {hand_copy_hint(cat)}"
+                f"huggingface.co and log in with `hf auth login`, or set HF_TOKEN in this process's environment): "
+                f"{type(exc).__name__}. {hand_copy_hint(cat)}"
             ) from exc
         except Exception as exc:  # no network shows up as many exception types (httpx, OSError, hub errors)
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -11,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from server.ris.api.serializers import ErrorOut, PipelineOut, TokenInput, TokenOut
-from workers.engine.methods.catalogue import pipeline_catalogue
+from server.ris.pipeline_selectors import pipeline_list
 
 
 class AuthTokenObtainApi(APIView):
@@ -29,9 +30,11 @@ class AuthTokenObtainApi(APIView):
 
 
 class PipelineListApi(APIView):
-    """Pipelines a job may use, from the torch-free pipeline catalogue (the web process never loads the engine)."""
+    """Pipelines a job may use, from the torch-free pipeline catalogue (the web process never loads the engine),
+    each with what it needs and whether its models are in the store."""
 
     @extend_schema(responses={200: PipelineOut(many=True)})
     def get(self, request: Request) -> Response:
-        items = [entry.to_json() for entry in pipeline_catalogue().values()]
-        return Response(PipelineOut(sorted(items, key=lambda item: item["name"]), many=True).data)
+        engine = settings.RIS_ENGINE
+        items = pipeline_list(profile=engine.profile, model_dir=engine.model_dir)
+        return Response(PipelineOut(items, many=True).data)

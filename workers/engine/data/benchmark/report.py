@@ -9,6 +9,11 @@ Columns (also explained in docs/BENCHMARK.md):
 - ``s/sentence``, ``s/image``: seconds inside ``Engine.predict`` per sentence and per image (the first image
   also pays for loading the models).
 - ``calls/sentence``: model calls per sentence, by model, from the engine's meter.
+- ranking table: ``Hit@k`` (share of sentences whose best IoU among the top k candidates is > 0.5),
+  ``oracle IoU@k`` (mean best IoU among the top k) for k = 1, 3, 5, 10, and the proposal ceiling
+  (``ceiling IoU``: mean best IoU over every candidate; ``ceiling hit``: share where it is > 0.5);
+  :func:`workers.engine.data.metrics.ranking_summary`. Keys in ``summary.json``: ``hit@k``,
+  ``oracle_iou@k``, ``ceiling_iou``, ``ceiling_hit``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.engine.data.benchmark.results import SentenceResult
-from workers.engine.data.metrics import PREC_THRESHOLDS, iou_histogram, summarize
+from workers.engine.data.metrics import HIT_KS, PREC_THRESHOLDS, iou_histogram, ranking_summary, summarize
 
 __all__ = ["parse_config_overrides", "summarize_results", "write_report"]
 
@@ -73,8 +78,10 @@ def summarize_results(
         for r in rows:
             for model, value in r.model_calls.items():
                 calls[model] = calls.get(model, 0.0) + value
+        ranking = ranking_summary([r.ranked_ious for r in rows], [r.ceiling_iou for r in rows])
         summary[pipeline] = {
             **metrics,
+            **ranking,
             "images": len(images),
             "no_proposal": sum(1 for r in rows if r.no_proposal),
             "missing_image": sum(1 for r in rows if r.missing_image),
@@ -129,6 +136,7 @@ def _markdown(
             calls,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _ranking_markdown(summary)
     if missing:
         lines += [
             "",
@@ -149,16 +157,49 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
+def _ranking_markdown(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The ranking table: Hit@k, oracle IoU@k, and the proposal ceiling per pipeline."""
+    head = [
+        "pipeline",
+        *[f"Hit@{k}" for k in HIT_KS],
+        *[f"oracle IoU@{k}" for k in HIT_KS],
+        "ceiling IoU",
+        "ceiling hit",
+    ]
+    lines = [
+        "",
+        "## Ranking: is the right mask among the first k shown?",
+        "",
+        "Hit@k: % of sentences whose best IoU among the top k candidates is > 0.5. Oracle IoU@k: mean best "
+        "IoU among the top k. Ceiling: the best IoU over every candidate (what perfect ranking would reach); "
+        "a ceiling far above oracle IoU@10 means ranking limits the pipeline, a low ceiling means proposals do.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, s in summary.items():
+        cells = [
+            name,
+            *[f"{s.get(f'hit@{k}', 0.0):.2f}" for k in HIT_KS],
+            *[f"{s.get(f'oracle_iou@{k}', 0.0):.2f}" for k in HIT_KS],
+            f"{s.get('ceiling_iou', 0.0):.2f}",
+            f"{s.get('ceiling_hit', 0.0):.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_figure(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
-    """PNG: IoU histogram per pipeline (left) and bars of oIoU and mIoU per pipeline (right)."""
+    """PNG: IoU histogram per pipeline (left), bars of oIoU and mIoU per pipeline (middle), and Hit@k per
+    pipeline against k with its ceiling hit as a dashed line (right)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
     names = list(summary)
-    fig = Figure(figsize=(11, 4.2), dpi=110)
-    hist_ax, bar_ax = fig.subplots(1, 2)
+    fig = Figure(figsize=(16, 4.2), dpi=110)
+    hist_ax, bar_ax, hit_ax = fig.subplots(1, 3)
     width = 1.0 / (len(names) + 1)
     for k, name in enumerate(names):
         counts = summary[name]["iou_histogram"]
@@ -180,6 +221,18 @@ def write_figure(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     bar_ax.set_ylabel("%")
     bar_ax.set_title("oIoU and mIoU")
     bar_ax.legend(fontsize="small")
+    for name in names:
+        s = summary[name]
+        line = hit_ax.plot(
+            list(HIT_KS), [s.get(f"hit@{k}", 0.0) for k in HIT_KS], marker="o", label=f"{name} Hit@k"
+        )[0]
+        hit_ax.axhline(s.get("ceiling_hit", 0.0), color=line.get_color(), linestyle="--", linewidth=1)
+    hit_ax.set_xticks(list(HIT_KS))
+    hit_ax.set_xlabel("k (candidates shown)")
+    hit_ax.set_ylim(0, 100)
+    hit_ax.set_ylabel("% of sentences with IoU > 0.5 in the top k")
+    hit_ax.set_title("Hit@k (dashed: proposal ceiling)")
+    hit_ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, format="png")
 

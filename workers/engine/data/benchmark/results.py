@@ -32,6 +32,10 @@ class SentenceResult:
 
     ``seconds`` and ``model_calls`` are this sentence's share of its image's ``Engine.predict`` call (the
     call's totals divided by the sentences it answered), so sums over sentences give the run's totals.
+
+    ``ranked_ious``: the IoUs of the top ``max(HIT_KS)`` candidates in rank order (Hit@k, oracle IoU@k);
+    ``ceiling_iou``: the best IoU over every candidate returned (``None``: no candidate). Records written
+    before these existed read back with ``[]`` / ``None``.
     """
 
     pipeline: str
@@ -52,6 +56,8 @@ class SentenceResult:
     seconds: float
     image_seconds: float
     model_calls: dict[str, float] = field(default_factory=dict)
+    ranked_ious: list[float] = field(default_factory=list)
+    ceiling_iou: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,9 @@ give the same numbers: for every image it loads the picture once, rasterises the
 once, and asks each pipeline about all of the image's pending sentences in one call, so per-image work
 (proposals, SAM embedding, per-mask CLIP features) is shared by every sentence on it.
 
-Every sentence is scored. No proposal (an empty candidate list) gives an empty prediction: I = 0,
+Every sentence is scored against every candidate the pipeline returns (``top_k=None``): the top one gives
+I and U (oIoU, mIoU, Prec@X); the IoUs of the top ``max(HIT_KS)`` and the best over all of them give the
+ranking metrics (Hit@k, oracle IoU@k, proposal ceiling; :func:`candidate_ious`). No proposal (an empty candidate list) gives an empty prediction: I = 0,
 U = |gt|, IoU 0. An image missing from the image folder stops the run (``MissingImageError``), or with
 ``skip_missing`` scores its sentences the same way and is listed.
 
@@ -28,10 +30,10 @@ from pycocotools import mask as mask_utils
 from workers.engine.core.meter import Meter
 from workers.engine.core.types import Candidate, ImageInput
 from workers.engine.data.benchmark.results import SentenceResult
-from workers.engine.data.metrics import intersection_union
+from workers.engine.data.metrics import HIT_KS, intersection_union
 from workers.engine.data.refer import ImageGroup, MissingImageError, ReferDataset, SentenceItem
 
-__all__ = ["EngineLike", "MissingImage", "RunOutcome", "decode_candidate", "run_groups"]
+__all__ = ["EngineLike", "MissingImage", "RunOutcome", "candidate_ious", "decode_candidate", "run_groups"]
 
 
 class EngineLike(Protocol):
@@ -87,6 +89,28 @@ def decode_candidate(candidate: Candidate, height: int, width: int) -> np.ndarra
     return mask_utils.decode(coco).astype(bool)
 
 
+def candidate_ious(candidates: Sequence[Candidate], gt: np.ndarray) -> np.ndarray:
+    """IoU of each candidate's mask with the ``H x W`` ground truth, in candidate order (float64, on RLE).
+
+    Raises:
+        ValueError: a candidate mask whose size is not the ground truth's.
+    """
+    if not candidates:
+        return np.zeros(0, dtype=np.float64)
+    height, width = gt.shape
+    rles = []
+    for candidate in candidates:
+        size = [int(s) for s in candidate.rle["size"]]
+        if size != [height, width]:
+            raise ValueError(f"a candidate mask is {size[1]}x{size[0]} but its image is {width}x{height}")
+        counts = candidate.rle["counts"]
+        rles.append({"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+    gt_rle = mask_utils.encode(np.asfortranarray(gt.astype(np.uint8)))
+    if not gt.any():  # pycocotools gives 0 for an empty union; so do we
+        return np.zeros(len(rles), dtype=np.float64)
+    return np.asarray(mask_utils.iou(rles, [gt_rle], [0]), dtype=np.float64).reshape(-1)
+
+
 def _model_calls(snapshot: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(t.get("calls", 0)) for name, t in (snapshot.get("models") or {}).items()}
 
@@ -97,7 +121,7 @@ def _predict_metered(
     """Call ``engine.predict``; its ``Prediction``, its seconds and the model calls it made (by model)."""
     start = time.perf_counter()
     with engine.meter.capture() as private:
-        prediction = engine.predict(image, texts, pipeline=pipeline, config=config, top_k=1)
+        prediction = engine.predict(image, texts, pipeline=pipeline, config=config, top_k=None)
     seconds = time.perf_counter() - start
     answers = prediction.candidates
     if len(answers) != len(texts):
@@ -118,6 +142,10 @@ def _score(
     top = candidates[0] if candidates else None
     pred = decode_candidate(top, gt.shape[0], gt.shape[1]) if top is not None else None
     counts = intersection_union(pred, gt)
+    ious = candidate_ious(candidates or [], gt)
+    ranked = [float(v) for v in ious[: max(HIT_KS)]]
+    if ranked:
+        ranked[0] = counts.iou  # the exact integer ratio, so Hit@1 == Prec@0.5 to the bit
     return SentenceResult(
         pipeline=pipeline,
         sent_id=item.sent_id,
@@ -137,6 +165,8 @@ def _score(
         seconds=seconds,
         image_seconds=image_seconds,
         model_calls=model_calls,
+        ranked_ious=ranked,
+        ceiling_iou=max(ranked[0], float(ious.max())) if ranked else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""Loader of ``transformers_folder`` entries: captioners (BLIP-2 layout) and multimodal LLMs (LLaVA, SmolVLM).
+"""Loader of ``transformers_folder`` entries: captioners (BLIP-2 layout), multimodal LLMs (LLaVA, SmolVLM,
+Qwen2.5-VL) and SAM 3 (``Sam3Model`` + ``Sam3Processor``).
 
 Both through ``AutoModelForImageTextToText`` + ``AutoProcessor`` with ``from_pretrained(folder,
 local_files_only=True)``: the same code path for the tiny stand-ins (``workers.engine.store.tiny.generative``)
@@ -41,6 +42,35 @@ class MllmBundle:
     dtype: torch.dtype
 
 
+@dataclass(frozen=True)
+class Sam3Bundle:
+    """SAM 3 and its processor (image processor + CLIP tokenizer), on ``device`` in ``dtype``."""
+
+    model: Any
+    processor: Any
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load_sam3(
+    folder: Path, device: str | torch.device = "auto", dtype: torch.dtype | str | None = None
+) -> Sam3Bundle:
+    """Load SAM 3 (``Sam3Model``, ``Sam3Processor``) saved with ``save_pretrained`` in ``folder``, offline."""
+    from transformers import Sam3Model, Sam3Processor
+
+    folder = require_folder(folder, "config.json", "SAM 3")
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(resolved_device, dtype)
+    processor = Sam3Processor.from_pretrained(folder, local_files_only=True)
+    model = Sam3Model.from_pretrained(folder, dtype=resolved_dtype, local_files_only=True)
+    return Sam3Bundle(
+        model=model.to(resolved_device).eval(),
+        processor=processor,
+        device=resolved_device,
+        dtype=resolved_dtype,
+    )
+
+
 def _load_image_text_to_text(folder: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -77,10 +107,12 @@ def load_mllm(
 
 
 def load_transformers_folder(store: ModelStore, entry: ModelEntry, device: torch.device) -> Any:
-    """Loader of ``transformers_folder`` entries: a ``CaptionerBundle`` or ``MllmBundle`` by the entry's family."""
+    """Loader of ``transformers_folder`` entries: a ``CaptionerBundle``, ``MllmBundle`` or ``Sam3Bundle`` by family."""
     folder = store.path(entry.name)
     if entry.family == "captioner":
         return load_captioner(folder, device)
     if entry.family == "mllm":
         return load_mllm(folder, device)
+    if entry.family == "sam3":
+        return load_sam3(folder, device)
     raise ModelStoreError(f"model {entry.name!r}: no transformers loader for family {entry.family!r}")

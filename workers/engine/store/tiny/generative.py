@@ -11,6 +11,12 @@ Stand-ins
 - ``write_tiny_mllm``: LLaVA-1.5 layout (llava-hf/llava-1.5-7b-hf): ``LlavaForConditionalGeneration`` with a
   CLIP vision tower and a Llama language model + ``LlavaProcessor`` with a chat template of the
   "USER: <image>\\n... ASSISTANT:" shape.
+- ``write_tiny_qwen_vl``: Qwen2.5-VL layout (Qwen/Qwen2.5-VL-7B-Instruct): ``Qwen2_5_VLForConditionalGeneration``
+  (windowed ViT with 2 x 2 patch merging, M-RoPE language model) + ``Qwen2_5_VLProcessor`` (Qwen2-VL image and
+  video processors, Qwen's special tokens and a ChatML chat template of the same shape).
+- ``write_tiny_sam3``: SAM 3 layout (facebook/sam3): ``Sam3Model`` (ViT backbone, CLIP text encoder, DETR
+  encoder / decoder, mask decoder, every part shrunk) + ``Sam3Processor`` (``Sam3ImageProcessor`` at 224 px,
+  the real CLIP BPE tokenizer).
 - ``write_tiny_diffusion``: Stable Diffusion 1.5 layout: UNet, VAE (8x downsampling), CLIP text encoder,
   the real CLIP BPE tokenizer (vocab.json + merges.txt formed from open_clip's bundled BPE file), DDIM
   scheduler with SD 1.5's values, no safety checker.
@@ -567,4 +573,202 @@ def write_tiny_diffusion(dest: Path, seed: int = 0) -> dict:
         "text_encoder": {"model_type": "clip_text_model", **text},
         "tokenizer": "clip_bpe_16e6",
         "scheduler": {"class": "DDIMScheduler", **SD15_SCHEDULER_CONFIG},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SAM 3 layout
+# ---------------------------------------------------------------------------------------------------------
+
+SAM3_IMAGE_SIZE = 224
+SAM3_PATCH_SIZE = 14
+SAM3_QUERIES = 20
+
+
+def write_tiny_sam3(dest: Path, seed: int = 0) -> dict:
+    """Write a tiny random SAM 3 (``Sam3Model``) and its ``Sam3Processor`` into ``dest``.
+
+    The ViT sees 224 x 224 images in 14 px patches (a 16 x 16 grid; FPN levels 64, 32, 16), the DETR decoder
+    has 20 queries, and masks come out at 64 x 64 before the processor resizes them to the image. The
+    tokenizer is CLIP's real BPE (49408 tokens), as SAM 3's. Returns the manifest's "arch" dict.
+    """
+    from transformers import CLIPTokenizerFast, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    dest = _prepare_dest(dest)
+    grid = SAM3_IMAGE_SIZE // SAM3_PATCH_SIZE
+    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    config = Sam3Config(
+        vision_config={
+            "backbone_config": {
+                "model_type": "sam3_vit_model",
+                "num_hidden_layers": 2,
+                "image_size": SAM3_IMAGE_SIZE,
+                "patch_size": SAM3_PATCH_SIZE,
+                "window_size": 8,
+                "global_attn_indexes": [1],
+                "pretrain_image_size": SAM3_IMAGE_SIZE,
+                **small,
+            },
+            "fpn_hidden_size": 32,
+            "backbone_feature_sizes": [[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]],
+        },
+        text_config={
+            "model_type": "clip_text_model",
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "projection_dim": 32,
+            "num_hidden_layers": 2,
+            "max_position_embeddings": 32,
+            **small,
+        },
+        geometry_encoder_config={"num_layers": 1, **small},
+        detr_encoder_config={"num_layers": 1, **small},
+        detr_decoder_config={"num_layers": 1, "num_queries": SAM3_QUERIES, **small},
+        mask_decoder_config={"hidden_size": 32, "num_attention_heads": 2},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam3Model(config).eval()
+    model.save_pretrained(dest)
+
+    tokenizer_dir = dest / "_clip_tokenizer"
+    write_clip_tokenizer_folder(tokenizer_dir)
+    tokenizer = CLIPTokenizerFast.from_pretrained(tokenizer_dir, model_max_length=32)
+    shutil.rmtree(tokenizer_dir)
+    image_processor = Sam3ImageProcessor(
+        size={"height": SAM3_IMAGE_SIZE, "width": SAM3_IMAGE_SIZE},
+        mask_size={"height": grid * 4, "width": grid * 4},
+    )
+    Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(dest)
+    return {
+        "model_class": "Sam3Model",
+        "processor_class": "Sam3Processor",
+        "stands_in_for": "facebook/sam3",
+        "image_size": SAM3_IMAGE_SIZE,
+        "patch_size": SAM3_PATCH_SIZE,
+        "num_queries": SAM3_QUERIES,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MLLM: Qwen2.5-VL layout
+# ---------------------------------------------------------------------------------------------------------
+
+#: Qwen's special tokens, in the order their ids follow in the tiny vocabulary (after the trained BPE).
+QWEN_SPECIALS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 112 * 112
+
+# The ChatML shape of Qwen2.5-VL's template: "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>
+# {text}<|im_end|>\n<|im_start|>assistant\n" (the real one adds a default system turn).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _qwen_tokenizer():
+    """A byte-level BPE with ``<|endoftext|>`` (pad) first and Qwen's chat and vision tokens added."""
+    from tokenizers import AddedToken, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _byte_level_bpe(["<|endoftext|>"], bos="<|endoftext|>")
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)  # Qwen adds no BOS
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        model_max_length=4096,
+    )
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [AddedToken(t, normalized=False, special=True) for t in QWEN_SPECIALS]}
+    )
+    return tokenizer
+
+
+def write_tiny_qwen_vl(dest: Path, seed: int = 0) -> dict:
+    """Write a tiny random Qwen2.5-VL model and its ``Qwen2_5_VLProcessor`` (with chat template) into ``dest``.
+
+    Images are resized to between 56 x 56 and 112 x 112 pixels in 14 px patches, merged 2 x 2 into image
+    tokens (at most 16 per image). Returns the manifest's "arch" dict.
+    """
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    dest = _prepare_dest(dest)
+    tokenizer = _qwen_tokenizer()
+    ids = dict(zip(QWEN_SPECIALS, tokenizer.convert_tokens_to_ids(list(QWEN_SPECIALS)), strict=True))
+    pad_id, eos_id = tokenizer.pad_token_id, ids["<|im_end|>"]
+    text = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 32,
+        "fullatt_block_indexes": [1],
+        "window_size": 56,
+    }
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "model_type": "qwen2_5_vl_text",
+            "vocab_size": len(tokenizer),
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+            "bos_token_id": pad_id,
+            "eos_token_id": eos_id,
+            "pad_token_id": pad_id,
+            **text,
+        },
+        vision_config={"model_type": "qwen2_5_vl_vision", **vision},
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    model.save_pretrained(dest)
+    pixels = {"min_pixels": QWEN_MIN_PIXELS, "max_pixels": QWEN_MAX_PIXELS}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2, **pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        tokenizer=tokenizer,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(dest)
+    return {
+        "model_class": "Qwen2_5_VLForConditionalGeneration",
+        "processor_class": "Qwen2_5_VLProcessor",
+        "stands_in_for": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "vision": {"model_type": "qwen2_5_vl_vision", **vision},
+        "text": {"model_type": "qwen2_5_vl_text", "vocab_size": len(tokenizer), **text},
+        **pixels,
+        "image_token_id": ids["<|image_pad|>"],
     }

@@ -7,7 +7,7 @@
   2-layer text tower with context 77 and CLIP's 49408-token vocabulary, so open_clip's bundled BPE
   tokenizer is the real one), saved as ``open_clip_config.json`` + ``open_clip_pytorch_model.bin``: the
   layout of open_clip's hub repositories, loaded through ``create_model("local-dir:...")``.
-- ``captioner_tiny``, ``mllm_tiny``, ``sd_tiny``: written by ``workers.engine.store.tiny.generative``.
+- ``captioner_tiny``, ``mllm_tiny``, ``sd_tiny``, ``sam3_tiny``, ``qwen_vl_tiny``: written by ``workers.engine.store.tiny.generative``.
 
 A tiny model proves wiring, never quality. Every model is written into a temporary folder beside its
 final place and renamed into place, so an interrupted run never leaves half a model behind.
@@ -101,6 +101,8 @@ TINY_WRITERS: dict[str, TinyWriter] = {
     "captioner_tiny": _generative_writer("write_tiny_captioner"),
     "mllm_tiny": _generative_writer("write_tiny_mllm"),
     "sd_tiny": _generative_writer("write_tiny_diffusion"),
+    "sam3_tiny": _generative_writer("write_tiny_sam3"),
+    "qwen_vl_tiny": _generative_writer("write_tiny_qwen_vl"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Ensemble: fuse the rankings of several pipelines (docs/METHODS.md#ensemble)."""
