@@ -128,7 +128,11 @@ class Command(BaseCommand):
         try:
             overrides = parse_config_overrides(opts["config_items"], pipelines)
             for pipeline in pipelines:  # refuse a bad key before any model loads or any shard is sent
-                resolve_config(pipeline, overrides.get(pipeline) or None, settings.RIS_ENGINE.profile)
+                resolve_config(
+                    pipeline,
+                    overrides.get(pipeline) or None,
+                    pipeline_profile(settings.RIS_ENGINE, pipeline).profile,
+                )
         except (ValueError, EngineError) as exc:
             raise CommandError(str(exc)) from exc
         spec = BenchmarkSpec(
@@ -303,8 +307,12 @@ class Command(BaseCommand):
             if pipeline not in configs:  # every shard found its sentences done: nothing ran this time
                 from workers.engine.methods.catalogue import resolve_config
 
+                from workers.engine.store.profiles import pipeline_profile
+
                 configs[pipeline] = resolve_config(
-                    pipeline, session.spec.configs.get(pipeline) or None, settings.RIS_ENGINE.profile
+                    pipeline,
+                    session.spec.configs.get(pipeline) or None,
+                    pipeline_profile(settings.RIS_ENGINE, pipeline).profile,
                 ).to_dict()
         return configs
 
