@@ -153,7 +153,14 @@ def hand_copy_hint(cat: CatalogueEntry) -> str:
 
 
 class HubUnreachableError(ModelStoreError):
-    """No model hub answers here (no network, a proxy, ``HF_HUB_OFFLINE=1``): every hub model will fail alike."""
+    """No model hub answers here (no network, a proxy, ``HF_HUB_OFFLINE=1``): every hub model will fail alike.
+
+    ``reason``: a few words for a one-line notice (``"huggingface.co unreachable: ConnectError"``).
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class GatedModelError(ModelStoreError):
@@ -333,7 +340,8 @@ def _fetch_from_hub(
 def _unreachable(cat: CatalogueEntry, endpoint: str, exc: BaseException) -> HubUnreachableError:
     return HubUnreachableError(
         f"the model hub {endpoint} is unreachable, so {cat.name!r} ({cat.source['repo']}) cannot be downloaded "
-        f"here ({type(exc).__name__}: {_first_line(exc)}). {hand_copy_hint(cat)}"
+        f"here ({type(exc).__name__}: {_first_line(exc)}). {hand_copy_hint(cat)}",
+        reason=f"model hub {endpoint} unreachable: {type(exc).__name__}",
     )
 
 

@@ -114,6 +114,7 @@ class Command(BaseCommand):
         from workers.engine.data.benchmark.spec import BenchmarkSpec, RunFolderError
         from workers.engine.data.refer import DatasetError, default_split_by
         from workers.engine.methods.catalogue import pipeline_names, resolve_config
+        from workers.engine.store.profiles import pipeline_profile
 
         pipelines = list(dict.fromkeys(opts["pipelines"]))
         if opts["limit"] is not None and opts["limit"] < 1:
@@ -306,7 +307,6 @@ class Command(BaseCommand):
         for pipeline in session.spec.pipelines:
             if pipeline not in configs:  # every shard found its sentences done: nothing ran this time
                 from workers.engine.methods.catalogue import resolve_config
-
                 from workers.engine.store.profiles import pipeline_profile
 
                 configs[pipeline] = resolve_config(
