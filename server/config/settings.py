@@ -228,4 +228,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("RIS_LOG_LEVEL", default="INFO")},
+    # The hub client's HTTP library logs every request at INFO; model downloads show a progress bar instead.
+    "loggers": {"httpx2": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

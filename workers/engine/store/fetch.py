@@ -267,7 +267,7 @@ def _fetch_from_hub(
 ) -> ModelEntry:
     try:
         import httpx2 as _httpx
-        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub import HfApi, hf_hub_url
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
@@ -276,6 +276,8 @@ def _fetch_from_hub(
             RemoteEntryNotFoundError,
             RepositoryNotFoundError,
         )
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a declared dependency
         raise ModelStoreError(f"huggingface_hub is not installed ({exc}). {hand_copy_hint(cat)}") from exc
 
@@ -296,8 +298,10 @@ def _fetch_from_hub(
                 f"{cat.name}: downloading {len(files)} file(s), {total / 1e6:.1f} MB, from {endpoint}/{repo} "
                 f"(commit {str(info.sha)[:12]}; an interrupted download resumes on the next fetch)"
             )
+        headers = build_hf_headers()  # carries $HF_TOKEN (or the `hf auth login` token) to the hub only
         for hub_file in files:
-            hf_hub_download(repo, hub_file.path, revision=info.sha, local_dir=partial, endpoint=endpoint)
+            url = hf_hub_url(repo, hub_file.path, revision=info.sha, endpoint=endpoint)
+            _download(url, partial / hub_file.path, hub_file.size, headers, http_get)
             digests[hub_file.path] = _check_digest(cat, partial, hub_file)
     except ModelStoreError:
         raise
@@ -323,7 +327,6 @@ def _fetch_from_hub(
         ) from None
     except OSError as exc:  # a cut connection past the client's retries, a size check
         raise _unreachable(cat, endpoint, exc) from None
-    shutil.rmtree(partial / ".cache", ignore_errors=True)
     _check_required(cat, partial)
     store.install_folder(cat.name, partial)
     source["revision"] = info.sha
@@ -335,6 +338,30 @@ def _fetch_from_hub(
                 f"file {rel} of model {cat.name!r} changed while it was installed; fetch again"
             )
     return entry
+
+
+def _download(url: str, target: Path, size: int | None, headers: dict[str, str], http_get: Any) -> None:
+    """Download ``url`` to ``target`` through ``.NAME.incomplete`` beside it, continuing an earlier partial
+    download by HTTP Range (the hub client's ``http_get`` also retries a cut connection within this call and
+    draws the progress bar). A finished file of the right size is kept as is (its digest is checked later)."""
+    if target.is_file() and (size is None or target.stat().st_size == size):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    incomplete = target.with_name(f".{target.name}.incomplete")
+    resume = incomplete.stat().st_size if incomplete.is_file() else 0
+    if size is not None and resume > size:
+        incomplete.unlink()
+        resume = 0
+    with incomplete.open("ab") as f:
+        http_get(
+            url,
+            f,
+            resume_size=resume,
+            headers=headers,
+            expected_size=size,
+            displayed_filename=target.name,
+        )
+    incomplete.replace(target)
 
 
 def _unreachable(cat: CatalogueEntry, endpoint: str, exc: BaseException) -> HubUnreachableError:
