@@ -217,7 +217,9 @@ def test_first_use_of_make_run_fetches_the_cpu_set_with_progress(hub: FakeHub, t
     assert "profile auto -> cpu" in done.stdout
     assert "Notice" not in done.stdout  # every pipeline runs on the fetched models
     bars = done.stderr.replace("\r", "\n").splitlines()  # the hub client's progress bars, one per file
-    assert any(line.startswith(f"{BIG}: 100%") and "12.6M/12.6M" in line for line in bars), done.stderr[-2000:]
+    assert any(line.startswith(f"{BIG}: 100%") and "12.6M/12.6M" in line for line in bars), done.stderr[
+        -2000:
+    ]
     assert any(line.startswith("model.safetensors: 100%") for line in bars)
     assert "HTTP Request" not in done.stderr
     assert f"bytes={CHUNK}-" in [rng for _, _, rng, _ in hub.requests]
@@ -254,3 +256,47 @@ def test_without_a_hub_make_run_says_so_in_one_line(tmp_path: Path) -> None:
     strict = _manage(["models", "fetch", "--profile", "auto"], env)
     assert strict.returncode == 1 and "Traceback" not in strict.stderr
     assert "models fetch clip_vit_b_16 --from DIR" in strict.stderr
+
+
+@pytest.mark.slow
+def test_the_first_job_after_a_hub_fetch_ranks_with_the_fetched_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_store: ModelStore
+) -> None:
+    """The hub serves loadable open_clip files (the tiny CLIP's config and weights, as safetensors) under
+    CLIP ViT-B/16's real repository and names; after ``fetch``, an ``auto`` engine on a CPU resolves
+    Global-Local CLIP to the ``cpu`` profile and ranks through the fetched ``clip_vit_b_16``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.engine.ranking_fixtures import TINY_SAM_AMG, image_input, random_rgb
+    from workers.engine.runtime import Engine
+
+    tiny = model_store.path("clip_tiny")
+    state = torch.load(tiny / "open_clip_pytorch_model.bin", map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    repo = FakeRepo(
+        {
+            "open_clip_config.json": (tiny / "open_clip_config.json").read_bytes(),
+            BIG: (tmp_path / "w.safetensors").read_bytes(),
+        }
+    )
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    store = ModelStore(tmp_path / "store")
+    settings = EngineSettings(model_dir=store.root, cache_dir=None, device="cpu", profile="auto")
+    fetch(store, "mobile_sam")
+    assert pipeline_profile(settings, "global_local").profile == "tiny"  # before: the stand-ins
+    with HubServer(FakeHub(repos={CLIP_REPO: repo})) as served:
+        monkeypatch.setenv("HF_ENDPOINT", served.url)
+        fetch(store, "clip_vit_b_16")
+    assert pipeline_profile(settings, "global_local").profile == "cpu"
+    notice = profile_notice(settings)
+    assert notice is not None and "global_local" not in notice  # the other pipelines still lack models
+
+    engine = Engine(settings)
+    prediction = engine.predict(
+        image_input(random_rgb()), ["the left thing"], pipeline="global_local", config={"amg": TINY_SAM_AMG}
+    )
+    assert prediction.profile == "cpu"
+    assert prediction.config["clip_model"] == "clip_vit_b_16"
+    assert prediction.config["proposal_source"] == "mobile_sam"
+    assert engine.meter.calls("clip_vit_b_16:text") >= 1 and prediction.candidates[0]
