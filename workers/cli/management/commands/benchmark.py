@@ -255,6 +255,8 @@ class Command(BaseCommand):
 
         connection = connections["default"]
         where = connection.settings_dict.get("NAME")
+        if connection.vendor == "sqlite" and where and str(where) != ":memory:":
+            Path(where).parent.mkdir(parents=True, exist_ok=True)  # var/ of a fresh clone
         try:
             executor = MigrationExecutor(connection)
             plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
