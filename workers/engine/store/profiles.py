@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from workers.engine.core.settings import EngineSettings
@@ -135,18 +136,25 @@ def pipeline_profile(
     Raises:
         UnknownPipelineError: no such pipeline. ConfigError: an unknown profile.
     """
-    from workers.engine.methods.catalogue import pipeline_entry
-
     requested = settings.profile
     target = target_profile(requested, settings.device)
     if not is_resolved_profile(requested):
         return PipelineProfile(pipeline, requested, target, target)
     store = store or store_for(settings)
-    wanted = config_models(pipeline_entry(pipeline).default_config(target))
+    wanted = _default_models(pipeline, target)
     missing = tuple(name for name in wanted if not model_on_disk(store, name))
     if not missing:
         return PipelineProfile(pipeline, requested, target, target)
     return PipelineProfile(pipeline, requested, target, str(profile_spec(requested)["fallback"]), missing)
+
+
+@cache
+def _default_models(pipeline: str, profile: str) -> tuple[str, ...]:
+    """The models of ``pipeline``'s default config under the plain ``profile`` (fixed per process: every
+    page asks, and building a config costs milliseconds)."""
+    from workers.engine.methods.catalogue import pipeline_entry
+
+    return tuple(config_models(pipeline_entry(pipeline).default_config(profile)))
 
 
 def refine_profile(settings: EngineSettings, store: ModelStore | None = None) -> str:
