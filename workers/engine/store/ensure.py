@@ -51,7 +51,8 @@ def fetch_profile(
     """Fetch every model of ``profile`` (``auto`` -> ``paper`` with a GPU, ``cpu`` without) not in the store.
 
     Models come in catalogue order, one at a time, each resumable and checksummed (see
-    ``workers.engine.store.fetch``). A model that fails for its own reason (gated, a wrong checksum) is
+    ``workers.engine.store.fetch``). A model already recorded with all its files is left alone (its
+    checksums are verified when a job loads it, and a damaged file is then named with its fetch command). A model that fails for its own reason (gated, a wrong checksum) is
     reported and the rest go on; when the hub is unreachable (or ``offline``) the rest are not tried.
     """
     target = target_profile(profile, device)
@@ -59,7 +60,7 @@ def fetch_profile(
     if target == "tiny":
         return result
     for name in profile_models(target):
-        if model_on_disk(store, name) and store.status(name) == "present":
+        if model_on_disk(store, name):  # a stat per file: hashing 6-38 GB on every start would cost minutes
             result.present.append(name)
             continue
         if offline and catalogue_entry(name).kind == "hub":
