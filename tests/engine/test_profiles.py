@@ -50,3 +50,22 @@ def test_explicit_profiles_never_fall_back(tmp_path: Path) -> None:
     fallen = pipeline_profile(auto, "tas")
     assert fallen.profile == "tiny" and set(fallen.missing) == {"mobile_sam", "clip_vit_b_16", "blip_base"}
     assert refine_profile(auto) == "tiny"  # MobileSAM is not in this empty store either
+
+
+def test_a_bad_profile_setting_is_one_line_not_a_traceback() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from workers.engine.core.settings import PROJECT_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "manage.py", "models", "list"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "RIS_MODEL_PROFILE": "huge"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "error: model profile 'huge' is not one of auto, paper, cpu, tiny"
