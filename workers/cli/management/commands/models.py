@@ -115,6 +115,13 @@ class Command(BaseCommand):
             self.stdout.write(
                 "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
             )
+        from workers.engine.store.profiles import profile_notice, target_profile
+
+        engine = settings.RIS_ENGINE.replace(model_dir=store.root)
+        self.stdout.write(f"profile: {engine.profile} -> {target_profile(engine.profile, engine.device)}")
+        notice = profile_notice(engine, store)
+        if notice:
+            self.stdout.write(self.style.WARNING(f"Notice: {notice}"))
 
     def _fetch(self, store: Any, names: list[str], source_dir: str | None, force: bool) -> None:
         from workers.engine.store.catalogue import catalogue_entry
