@@ -36,8 +36,8 @@ run: install
 	$(PY) manage.py migrate --noinput
 	@PY=$(PY) scripts/ensure-wordnet.sh || echo "WordNet is missing: every pipeline but TAS works (see above)"
 	$(PY) manage.py models ensure
-	$(PY) manage.py ensure_admin
-	HOST=$(HOST) PORT=$(PORT) PY=$(PY) scripts/serve-dev.sh
+	@umask 077; $(PY) manage.py ensure_admin > "$${RIS_VAR_DIR:-var}/.start-note"
+	HOST=$(HOST) PORT=$(PORT) PY=$(PY) RIS_START_NOTE="$${RIS_VAR_DIR:-var}/.start-note" scripts/serve-dev.sh
 
 test: install
 	@scripts/ensure-services.sh

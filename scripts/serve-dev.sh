@@ -17,13 +17,24 @@ stop() {
 }
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
+export RIS_WORKER_READY_FILE="${RIS_VAR_DIR:-var}/.worker-ready"
+rm -f "$RIS_WORKER_READY_FILE"
+# Running as root (a container) makes Celery warn about privileges on every start; nothing to act on here.
+PYTHONWARNINGS="ignore:You're running the worker with superuser privileges${PYTHONWARNINGS:+,$PYTHONWARNINGS}" \
 "$PY" -m celery -A workers.celery_app worker -Q gpu,default --concurrency 1 --pool solo -B -s var/celerybeat-schedule \
   --loglevel INFO -n "gpu@%h" &
 pids+=($!)
 "$PY" manage.py runserver "$HOST:$PORT" --noreload &
 pids+=($!)
+# Print the address (and, on the first start, the admin's password) last, once server and worker are up.
+probe=$HOST; [[ $probe == 0.0.0.0 || $probe == "::" ]] && probe=127.0.0.1
+for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/$probe/$PORT") 2>/dev/null && break; sleep 0.5; done
+for _ in $(seq 1 240); do [[ -e $RIS_WORKER_READY_FILE ]] && break; sleep 0.5; done
+sleep 1
 echo
 echo "  RIS annotate is serving at http://$HOST:$PORT/  (API schema: /api/schema/, admin: /admin/)"
+if [[ -n ${RIS_START_NOTE:-} && -s $RIS_START_NOTE ]]; then sed 's/^/  /' "$RIS_START_NOTE"; fi
+rm -f "${RIS_START_NOTE:-/nonexistent}"
 echo "  Press Ctrl-C to stop the web server and the worker."
 echo
 wait -n "${pids[@]}" || true

@@ -2,6 +2,7 @@
 
 - ``media_root`` (autouse): every test stores files under its own temporary MEDIA_ROOT, never in var/.
   Tests that start another process (a Celery worker, a server) pass it on as ``RIS_MEDIA_ROOT``.
+- ``tiny_model_profile`` (autouse): ``settings.RIS_ENGINE.profile`` is ``tiny``, so nothing tries the model hub.
 - ``fast_password_hashing`` (autouse): MD5 password hashing, so creating a user costs microseconds
   instead of the production hasher's second on a small CPU. Never used outside tests.
 - ``user``, ``other_user``: two plain users (password ``pw-for-tests``); ``other_user`` is in no project.
@@ -30,6 +31,13 @@ def media_root(settings, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("media")
     settings.MEDIA_ROOT = root
     return root
+
+
+@pytest.fixture(autouse=True)
+def tiny_model_profile(settings) -> None:
+    """Tests run with the ``tiny`` profile (no model hub is ever tried); a test that means ``auto`` sets it
+    with ``engine_settings(profile="auto")`` and points ``HF_ENDPOINT`` at the local test hub."""
+    settings.RIS_ENGINE = settings.RIS_ENGINE.replace(profile="tiny")
 
 
 @pytest.fixture(autouse=True)

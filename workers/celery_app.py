@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "server.config.settings")
 
@@ -44,3 +44,11 @@ def ensure_broker_folders() -> None:
 @worker_init.connect
 def _worker_init(**_: object) -> None:
     ensure_broker_folders()
+
+
+@worker_ready.connect
+def _worker_ready(**_: object) -> None:
+    """Touch ``$RIS_WORKER_READY_FILE`` (when set) once the worker consumes, so ``make run`` prints its URL last."""
+    marker = os.environ.get("RIS_WORKER_READY_FILE")
+    if marker:
+        Path(marker).touch()

@@ -8,6 +8,8 @@ Embedded default: SQLite and kombu's filesystem broker under ``var/``; with ``DA
 
 from __future__ import annotations
 
+import warnings
+
 import environ
 
 from workers.engine.core.settings import PROJECT_ROOT, EngineSettings, project_path, var_dir
@@ -111,6 +113,9 @@ STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
 STATIC_ROOT = project_path(env.str("RIS_STATIC_ROOT", default=str(VAR_DIR / "static")))
 # Serve straight from frontend/static when collectstatic has not run (development and tests).
 WHITENOISE_USE_FINDERS = env.bool("RIS_STATIC_FROM_SOURCE", default=not STATIC_ROOT.exists())
+if WHITENOISE_USE_FINDERS and not STATIC_ROOT.exists():
+    # WhiteNoise warns "No directory at: var/static/" although the files are served from source on purpose.
+    warnings.filterwarnings("ignore", message="No directory at")
 MEDIA_URL = "/media/"
 MEDIA_ROOT = project_path(env.str("RIS_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 
@@ -228,4 +233,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("RIS_LOG_LEVEL", default="INFO")},
+    # The hub client's HTTP library logs every request at INFO; model downloads show a progress bar instead.
+    "loggers": {"httpx2": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

@@ -58,7 +58,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
 def test_settings_defaults_live_under_var(tmp_path: Path) -> None:
     settings = EngineSettings.from_env({"RIS_VAR_DIR": str(tmp_path)})
     assert settings.model_dir == tmp_path / "models" and settings.cache_dir == tmp_path / "cache"
-    assert settings.profile == "tiny" and settings.device == "auto"
+    assert settings.profile == "auto" and settings.device == "auto"
     relative = EngineSettings.from_env({"RIS_MODEL_DIR": "some/models"})
     assert relative.model_dir == PROJECT_ROOT / "some" / "models"
 

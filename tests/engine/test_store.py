@@ -25,7 +25,7 @@ MOBILE_SAM_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37
 CONTRACT_NAMES = {
     "mobile_sam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "sam_tiny",
     "clip_vit_b_32", "clip_vit_b_16", "clip_rn50", "clip_tiny",
-    "blip2_opt_2_7b", "captioner_tiny", "llava_1_5_7b", "smolvlm_256m", "mllm_tiny",
+    "blip2_opt_2_7b", "blip_base", "captioner_tiny", "llava_1_5_7b", "smolvlm_256m", "mllm_tiny",
     "sd_1_5", "sd_tiny", "spacy_en",
     "sam3", "sam3_tiny", "qwen2_5_vl_7b", "qwen2_5_vl_3b", "qwen_vl_tiny",
 }  # fmt: skip

@@ -39,6 +39,7 @@ from workers.engine.methods.catalogue import pipeline_entry, pipeline_names
 from workers.engine.methods.registry import pipeline_class
 from workers.engine.store.catalogue import catalogue_has, model_for_profile
 from workers.engine.store.manifest import ModelStore
+from workers.engine.store.profiles import pipeline_profile, refine_profile
 
 _MAX_BUILT_PIPELINES = 16
 
@@ -55,7 +56,8 @@ class Prediction:
             has no proposal).
         pipeline: the pipeline's name.
         config: the full JSON-able config that ran (profile defaults + the caller's overrides).
-        profile: the model profile of the engine.
+        profile: the plain model profile the pipeline ran with (``auto`` resolved: ``paper``, ``cpu`` or
+            ``tiny``).
     """
 
     candidates: list[list[Candidate]]
@@ -97,11 +99,15 @@ class Engine:
             UnknownPipelineError: no such pipeline.
             ConfigError: an unknown key, a wrong type or a value out of bounds (naming the dotted key).
         """
-        return pipeline_entry(pipeline).resolve(overrides, self.settings.profile).to_dict()
+        return pipeline_entry(pipeline).resolve(overrides, self.profile_for(pipeline)).to_dict()
+
+    def profile_for(self, pipeline: str) -> str:
+        """The plain model profile ``pipeline`` runs with (``auto`` resolved by machine and store)."""
+        return pipeline_profile(self.settings, pipeline, self.store).profile
 
     def pipeline(self, name: str, config: Mapping[str, Any] | None = None) -> Pipeline:
         """The built pipeline for ``name`` and ``config`` (overrides of the profile defaults), memoised."""
-        resolved = pipeline_entry(name).resolve(config, self.settings.profile)
+        resolved = pipeline_entry(name).resolve(config, self.profile_for(name))
         key = (name, config_hash(resolved.to_dict()))
         with self._lock:
             built = self._pipelines.get(key)
@@ -166,7 +172,7 @@ class Engine:
             results = built.predict(ctx, list(expressions))
         if top_k is not None:
             results = [ranked[:top_k] for ranked in results]
-        return Prediction(results, pipeline, built.config.to_dict(), self.settings.profile)
+        return Prediction(results, pipeline, built.config.to_dict(), self.profile_for(pipeline))
 
     def prepare(self, image: ImageInput, *, pipeline: str, config: Mapping[str, Any] | None = None) -> None:
         """Do ``pipeline``'s image-level work into the cache, so a later ``predict`` does none."""
@@ -179,7 +185,7 @@ class Engine:
     # -- refine -------------------------------------------------------------------------------------
     def refine_model(self) -> str:
         """The SAM model answering refine prompts: the profile's stand-in for SAM ViT-H."""
-        return model_for_profile(REFINE_MODEL, self.settings.profile)
+        return model_for_profile(REFINE_MODEL, refine_profile(self.settings, self.store))
 
     def image_embedding(self, ctx: ImageContext, sam_name: str) -> ImageEmbedding:
         """SAM model ``sam_name``'s embedding of ``ctx``'s image, computed once per image and kept in the cache."""

@@ -16,6 +16,7 @@ from server.ris.models import Expression, Image, SegmentationJob
 from server.ris.services.jobs import job_enqueue_on_commit
 from workers.engine.core.errors import ConfigError
 from workers.engine.methods.catalogue import pipeline_names, resolve_config
+from workers.engine.store.profiles import pipeline_profile
 
 CONFIG_MAX_JSON_CHARS = 20_000
 
@@ -66,7 +67,7 @@ def pipeline_check(*, pipeline: str | None, config: Any) -> tuple[str, dict[str,
         )
     overrides = json.loads(encoded)
     try:
-        resolve_config(name, overrides, settings.RIS_ENGINE.profile)
+        resolve_config(name, overrides, pipeline_profile(settings.RIS_ENGINE, name).profile)
     except ConfigError as error:
         raise InvalidInput(f"Invalid config for pipeline {name!r}: {error}.") from None
     return name, overrides

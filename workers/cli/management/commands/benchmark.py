@@ -114,6 +114,7 @@ class Command(BaseCommand):
         from workers.engine.data.benchmark.spec import BenchmarkSpec, RunFolderError
         from workers.engine.data.refer import DatasetError, default_split_by
         from workers.engine.methods.catalogue import pipeline_names, resolve_config
+        from workers.engine.store.profiles import pipeline_profile
 
         pipelines = list(dict.fromkeys(opts["pipelines"]))
         if opts["limit"] is not None and opts["limit"] < 1:
@@ -128,7 +129,11 @@ class Command(BaseCommand):
         try:
             overrides = parse_config_overrides(opts["config_items"], pipelines)
             for pipeline in pipelines:  # refuse a bad key before any model loads or any shard is sent
-                resolve_config(pipeline, overrides.get(pipeline) or None, settings.RIS_ENGINE.profile)
+                resolve_config(
+                    pipeline,
+                    overrides.get(pipeline) or None,
+                    pipeline_profile(settings.RIS_ENGINE, pipeline).profile,
+                )
         except (ValueError, EngineError) as exc:
             raise CommandError(str(exc)) from exc
         spec = BenchmarkSpec(
@@ -153,21 +158,30 @@ class Command(BaseCommand):
         except (DatasetError, RunFolderError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
 
-        run = BenchmarkRun.objects.filter(pk=meta.get("db_run_id")).first() if meta.get("db_run_id") else None
-        if run is not None:
-            services.run_restart(run=run, spec=spec.to_json())
-        else:
-            run = services.run_create(
-                spec=spec.to_json(),
-                distributed=opts["distributed"],
-                device=opts["device"] or "",
-                out_dir=str(out),
+        stored = self._database_ready(opts)
+        self._models_ready(pipelines)
+        run = None
+        if stored:
+            run = (
+                BenchmarkRun.objects.filter(pk=meta.get("db_run_id")).first()
+                if meta.get("db_run_id")
+                else None
             )
-            meta["db_run_id"] = run.pk
-            session.folder.write_meta(meta)
+            if run is not None:
+                services.run_restart(run=run, spec=spec.to_json())
+            else:
+                run = services.run_create(
+                    spec=spec.to_json(),
+                    distributed=opts["distributed"],
+                    device=opts["device"] or "",
+                    out_dir=str(out),
+                )
+                meta["db_run_id"] = run.pk
+                session.folder.write_meta(meta)
         self.stdout.write(
-            f"Benchmark run #{run.pk}: {spec.dataset} ({spec.split_by}) {spec.split}, {session.n_images} images, "
-            f"{session.n_sentences} sentences, pipelines {', '.join(pipelines)} -> {out}"
+            f"Benchmark run {f'#{run.pk}' if run else '(not stored)'}: {spec.dataset} ({spec.split_by}) "
+            f"{spec.split}, {session.n_images} images, {session.n_sentences} sentences, pipelines "
+            f"{', '.join(pipelines)} -> {out}"
         )
         try:
             if opts["distributed"]:
@@ -177,24 +191,28 @@ class Command(BaseCommand):
                 engine = build_engine(opts["device"])
                 configs = self._run_local(session, engine, opts)
                 records = session.folder.results.read()
-                services.sentence_results_store(run=run, records=[r.to_json() for r in records])
-            report = session.finish(records, configs, {"db_run_id": run.pk, "distributed": run.distributed})
-            services.run_finish(
-                run=run,
-                summary=report.summary,
-                configs=configs,
-                n_images=session.n_images,
-                n_sentences=session.n_sentences,
-                missing_images=report.missing_images,
-                summary_markdown=report.markdown,
-                figure_png=report.paths["figure"].read_bytes(),
-            )
+                if run is not None:
+                    services.sentence_results_store(run=run, records=[r.to_json() for r in records])
+            extra = {"db_run_id": run.pk if run else None, "distributed": bool(opts["distributed"])}
+            report = session.finish(records, configs, extra)
+            if run is not None:
+                services.run_finish(
+                    run=run,
+                    summary=report.summary,
+                    configs=configs,
+                    n_images=session.n_images,
+                    n_sentences=session.n_sentences,
+                    missing_images=report.missing_images,
+                    summary_markdown=report.markdown,
+                    figure_png=report.paths["figure"].read_bytes(),
+                )
         except KeyboardInterrupt:
-            services.run_set_state(
-                run=run,
-                state=BenchmarkRun.State.INTERRUPTED,
-                error="interrupted (Ctrl-C); resume with --resume",
-            )
+            if run is not None:
+                services.run_set_state(
+                    run=run,
+                    state=BenchmarkRun.State.INTERRUPTED,
+                    error="interrupted (Ctrl-C); resume with --resume",
+                )
             resume = " ".join(a for a in sys.argv[1:] if a != "--resume")
             self.stderr.write(
                 f"\nInterrupted. Results so far are in {session.folder.results.path}"
@@ -203,20 +221,95 @@ class Command(BaseCommand):
             )
             raise SystemExit(130) from None
         except CommandError as exc:
-            services.run_set_state(run=run, state=BenchmarkRun.State.FAILED, error=str(exc))
+            if run is not None:
+                services.run_set_state(run=run, state=BenchmarkRun.State.FAILED, error=str(exc))
             raise
         except Exception as exc:
-            services.run_set_state(
-                run=run, state=BenchmarkRun.State.FAILED, error=f"{type(exc).__name__}: {exc}"
-            )
+            if run is not None:
+                services.run_set_state(
+                    run=run, state=BenchmarkRun.State.FAILED, error=f"{type(exc).__name__}: {exc}"
+                )
             if isinstance(exc, DatasetError | ValueError | EngineError | IncompleteRunError):
                 raise CommandError(str(exc)) from exc
             raise
         self.stdout.write(report.markdown)
+        where = (
+            f"stored as run #{run.pk} (page /benchmarks/{run.pk}/)"
+            if run is not None
+            else "not stored in the database (see above); once it is reachable, store this run with: "
+            f"python manage.py {' '.join(a for a in sys.argv[1:] if a != '--resume')} --resume"
+        )
         self.stdout.write(
             f"Wrote {report.paths['markdown']}, {report.paths['json']}, {report.paths['figure']} and "
-            f"{session.folder.results.path}; stored as run #{run.pk} (page /benchmarks/{run.pk}/)."
+            f"{session.folder.results.path}; {where}."
         )
+
+    # -------------------------------------------------------------------------------------------------
+    def _database_ready(self, opts: dict[str, Any]) -> bool:
+        """Whether the run can be stored: applies the migrations a fresh database lacks (a clone where only
+        ``make test`` ran has no tables yet); ``False``, with one line saying why, when the database cannot
+        be reached (a single-process run then writes its report files only)."""
+        from django.core.management import call_command
+        from django.db import DatabaseError, connections
+        from django.db.migrations.executor import MigrationExecutor
+
+        connection = connections["default"]
+        where = connection.settings_dict.get("NAME")
+        if connection.vendor == "sqlite" and where and str(where) != ":memory:":
+            Path(where).parent.mkdir(parents=True, exist_ok=True)  # var/ of a fresh clone
+        try:
+            executor = MigrationExecutor(connection)
+            plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+            if plan:
+                self.stdout.write(
+                    f"The database ({where}) lacks {len(plan)} migration(s); applying them first "
+                    "(python manage.py migrate)."
+                )
+                call_command("migrate", interactive=False, verbosity=0)
+            return True
+        except DatabaseError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if opts["distributed"]:
+                raise CommandError(
+                    f"--distributed needs the database, which cannot be reached ({reason}); start it "
+                    "(DATABASE_URL) or run without --distributed"
+                ) from None
+            self.stderr.write(
+                f"The database ({where}) cannot be reached ({reason}): the report is written to files only."
+            )
+            return False
+
+    def _models_ready(self, pipelines: list[str]) -> None:
+        """Put the models the offline store provides (MobileSAM, spaCy, tiny stand-ins) in place when a
+        pipeline needs them and they are missing, and say in one line when pipelines rank with stand-ins."""
+        from workers.engine.methods.catalogue import pipeline_entry
+        from workers.engine.store.catalogue import catalogue_entry
+        from workers.engine.store.ensure import ensure
+        from workers.engine.store.profiles import (
+            config_models,
+            model_on_disk,
+            pipeline_profile,
+            profile_notice,
+            store_for,
+        )
+
+        engine = settings.RIS_ENGINE
+        store = store_for(engine)
+        wanted = [
+            name
+            for pipeline in pipelines
+            for name in config_models(
+                pipeline_entry(pipeline).default_config(pipeline_profile(engine, pipeline, store).profile)
+            )
+        ]
+        offline_kinds = ("package", "tiny")
+        if any(not model_on_disk(store, n) and catalogue_entry(n).kind in offline_kinds for n in wanted):
+            self.stdout.write(f"Preparing the model store at {store.root} (python manage.py models ensure):")
+            for line in ensure(store):
+                self.stdout.write(f"  {line}")
+        notice = profile_notice(engine, store)
+        if notice:
+            self.stderr.write(f"Notice: {notice}")
 
     # -------------------------------------------------------------------------------------------------
     def _progress(self, total: int, initial: int, opts: dict[str, Any], desc: str) -> Any:
@@ -302,9 +395,12 @@ class Command(BaseCommand):
         for pipeline in session.spec.pipelines:
             if pipeline not in configs:  # every shard found its sentences done: nothing ran this time
                 from workers.engine.methods.catalogue import resolve_config
+                from workers.engine.store.profiles import pipeline_profile
 
                 configs[pipeline] = resolve_config(
-                    pipeline, session.spec.configs.get(pipeline) or None, settings.RIS_ENGINE.profile
+                    pipeline,
+                    session.spec.configs.get(pipeline) or None,
+                    pipeline_profile(settings.RIS_ENGINE, pipeline).profile,
                 ).to_dict()
         return configs
 
