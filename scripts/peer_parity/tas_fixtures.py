@@ -419,7 +419,10 @@ def end_to_end_cases(tas: Any, statements: Statements, nlp: Any) -> list[dict[st
                     "text": text,
                     "noun_phrase": local_sent,
                     "negatives": list(namespace["local_negative_sents"]),
-                    "raw": namespace["overall_logits_per_image"].reshape(-1).double().tolist(),
+                    "raw": namespace["overall_logits_per_image"]
+                    .reshape(-1)
+                    .double()
+                    .tolist(),  # min-max normalised
                     "similarity": namespace["similarity"].reshape(-1).double().tolist(),
                     "first_choice": int(namespace["temp_ori_index"]),
                     "index": int(namespace["index"]),
@@ -449,6 +452,7 @@ def main() -> int:
         "spacy_model": SPACY_MODEL,
         "statements": statements.lines,
         "feature_dim": FEATURE_DIM,
+        "layouts": {name: [list(b) for b in boxes] for name, boxes in LAYOUTS.items()},
         "parse": parse_cases(tas, nlp),
         "near_synonyms": synonym_cases(tas, nlp),
         "overlap": overlap_cases(tas),
