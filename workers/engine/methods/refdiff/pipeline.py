@@ -25,23 +25,33 @@ Per expression (docs/METHODS.md#ref-diff):
 Each candidate's ``components``: ``s_g``, ``hard``, ``soft`` (0 when not computed), ``score`` and, in the
 proposal-free mode, ``threshold``.
 
-Differences from the public code; ``peer_compat=true`` restores the first six:
+Differences from the public code; each has its own config key (``null`` follows ``peer_compat``), and
+``peer_compat=true`` takes the code's side of all of them (docs/METHODS.md#ref-diff-differences):
 
-- Filtered proposals are left out of the ranking (score -inf); the code multiplies their score by 0, so
-  when every kept proposal scores below 0 a filtered one wins. peer_compat: they are returned with score 0.
-- left/right match whole words (``left``, ``leftmost``, ``lefthand``); the code tests case-sensitive
-  substrings, so "bright" turns on the right ramp and "Left" does not turn on the left one.
-- The subject token is found at the subject's own position; the code cuts the sentence at the first
-  *substring* occurrence of the subject word ("the woman next to the man" cuts inside "woman").
-- The SD prompt is the sentence; the code appends ", " (its empty positive prompt).
-- The latent is noised to the first denoised timestep (diffusers' img2img); the code's DDIM sampler noises
-  one timestep higher (``peer_noise_level``).
-- An image with no proposal gives no candidate (the benchmark scores it IoU 0); the code falls back to a
-  whole-image mask.
+- ``filtered_score_zero``: filtered proposals are left out (score -inf); the code multiplies their score by 0,
+  so when every kept proposal scores below 0 a filtered one wins (returned with score 0 and ``filtered``).
+- ``ramp_match``: left/right as whole words (``left``, ``leftmost``, ``lefthand``); the code tests
+  case-sensitive substrings, so "bright" turns on the right ramp and "Left" does not turn on the left one.
+- ``key_word_case``: the key word from the lower-cased parse; the code parses the sentence as typed
+  ("Left man": ours ``left``, the code's ``man``; ``attention.code_key_word``).
+- ``subject_cut``: the key word's token at its own position; the code cuts the sentence at the first
+  *substring* occurrence of the key word ("the woman next to the man" cuts inside "woman").
+- ``prompt_suffix``: the SD prompt is the sentence; the code appends ", " (its empty positive prompt).
+- ``noising.peer_noise_level``: the latent is noised to the first denoised timestep (diffusers' img2img);
+  the code's DDIM sampler noises one timestep higher.
+- ``attention_postprocess``: the map goes back to the image bilinearly in float; the code: per-map
+  min-max without epsilon, float64 average, ``uint8``, PIL Lanczos (``noising.attention_to_image``).
+- ``position_interpolation``: CLIP's positional embedding is resized to the exact grid of a non-square
+  input; the code uses DINO's ``scale_factor = (g + 0.1) / 14``.
+- ``ramp_precision``: the positional ramp in float32; the code's in float64.
+- ``topk_ties``: equal areas at the k-th place keep the earlier masks; the code's ``np.argpartition`` order.
+- ``empty_fallback``: an image with no proposal gives no candidate; the code falls back to a whole-image mask.
+- ``min_area_ratio``: the code's ``filter_size_ratio`` (0 in its configs), the same in both modes.
 - Not reproduced, as they are plain bugs: the per-ref cache (the code reuses the first sentence's subject,
   text features and attention map for every later sentence of a ref) and OpenCV's BGR order.
-- Resizes: the map goes back to the image bilinearly in float (the code: 8-bit Lanczos); the positional
-  embedding of non-square CLIP inputs is resized to the exact grid (the code: DINO's scale-factor trick).
+
+``tests/engine/test_peer_parity_refdiff.py`` checks each piece against the code's own outputs
+(``scripts/peer_parity/refdiff_fixtures.py``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,12 @@ ranked first, the others follow by score.
   ``"head"`` noun; ``synonym_same_lemma``: equal lemmas are near-synonyms (ours; the code needs 3 shared
   senses, so a noun with fewer senses is not its own near-synonym); ``synonym_nouns_only``: noun senses
   only (ours) or every part of speech (code).
+- ``rectifier_rule``: ``"code"``: the code's rectifier, gated by its entity parse
+  (``workers.engine.methods.tas.rectifier``); ``"directions"``: ours, any direction word.
+- ``synonym_tags``: ``"penn"``: the code's first noun, the first Penn ``N*`` tag of NLTK's tokens (spaCy's
+  Penn tags standing for NLTK's tagger, ``lexicon.penn_tags``); ``"coarse"``: spaCy's part of speech.
+- ``noun_phrase_rule``: ``"code"``: the code's target noun phrase (``parse.target_noun_phrase``) for the
+  negatives; ``"normalized"``: the parse of the normalised sentence.
 - ``nan_guard``: an empty negative list gives N = 0 and equal raw scores give equal weights (ours); the
   code divides by zero, every score becomes NaN and, as ``torch.argmax`` does, the first mask wins. NaN
   values are reported as 0 with a ``nan`` component of 1, so candidates stay valid JSON.
@@ -41,8 +47,8 @@ ranked first, the others follow by score.
 Not reproduced in any mode (no effect on which mask wins, or not reproducible here): the code recomputes SAM
 and captions per ref; its image captions come from files that were never published (ours: one caption per
 image by the configured captioner); its crops use SAM's ``xywh`` box, one pixel short on the right and
-bottom, and pad by ``(h - w) // 2`` per side; its rectifier is gated by an entity parse with spaCy's
-transformer model (see ``workers.engine.methods.tas.spatial``).
+bottom, and pad by ``(h - w) // 2`` per side; it parses with spaCy's transformer model (ours: the small
+one) and tags with NLTK's perceptron (data not installable; spaCy's Penn tags stand in).
 """
 
 from __future__ import annotations
