@@ -46,7 +46,9 @@ PEER = RefDiffConfig(peer_compat=True)
 def tokenizer(model_store: ModelStore):
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(Path(model_store.path("sd_tiny")) / "tokenizer", local_files_only=True)
+    return CLIPTokenizer.from_pretrained(
+        Path(model_store.path("sd_tiny")) / "tokenizer", local_files_only=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +255,24 @@ def test_end_to_end_scores_and_choice_match_the_code(tiny_clip) -> None:
         assert config.resolved_filtered_score_zero
         fused = np.where(keep, fused, 0.0)
         assert int(np.argmax(fused)) == case["index"], text
+
+
+def test_each_difference_has_its_own_switch_and_peer_compat_turns_them_all() -> None:
+    ours, code = RefDiffConfig(), PEER
+    pairs = {
+        "resolved_key_word_case": ("lowered", "typed"),
+        "resolved_subject_cut": ("position", "first_substring"),
+        "resolved_prompt_suffix": (False, True),
+        "resolved_attention_postprocess": ("float", "code"),
+        "resolved_position_interpolation": ("exact", "scale_factor"),
+        "resolved_ramp_precision": ("float32", "float64"),
+        "resolved_ramp_match": ("word", "substring"),
+        "resolved_topk_ties": ("first", "argpartition"),
+        "resolved_filtered_score_zero": (False, True),
+        "resolved_empty_fallback": (False, True),
+    }
+    for name, (mine, theirs) in pairs.items():
+        assert (getattr(ours, name), getattr(code, name)) == (mine, theirs), name
+    mixed = RefDiffConfig(peer_compat=True, attention_postprocess="float", key_word_case="lowered")
+    assert mixed.resolved_attention_postprocess == "float" and mixed.resolved_key_word_case == "lowered"
+    assert mixed.resolved_position_interpolation == "scale_factor"

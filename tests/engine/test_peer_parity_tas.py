@@ -241,3 +241,16 @@ def test_end_to_end_scores_first_choice_and_rectified_choice_match_the_code(word
         np.testing.assert_allclose(score, case["similarity"], rtol=0, atol=1e-6)
         assert int(np.argmax(score)) == case["first_choice"], text
         assert order[0] == case["index"], text
+
+
+def test_each_difference_has_its_own_switch_and_peer_compat_turns_them_all() -> None:
+    ours, code = TasConfig(), PEER
+    pairs = {
+        "resolved_rectifier_rule": ("directions", "code"),
+        "resolved_synonym_tags": ("coarse", "penn"),
+        "resolved_noun_phrase_rule": ("normalized", "code"),
+    }
+    for name, (mine, theirs) in pairs.items():
+        assert (getattr(ours, name), getattr(code, name)) == (mine, theirs), name
+    mixed = TasConfig(peer_compat=True, rectifier_rule="directions")
+    assert mixed.resolved_rectifier_rule == "directions" and mixed.resolved_synonym_tags == "penn"
