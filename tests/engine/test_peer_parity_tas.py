@@ -249,6 +249,7 @@ def test_each_difference_has_its_own_switch_and_peer_compat_turns_them_all() -> 
         "resolved_rectifier_rule": ("directions", "code"),
         "resolved_synonym_tags": ("coarse", "penn"),
         "resolved_noun_phrase_rule": ("normalized", "code"),
+        "resolved_score_precision": ("float64", "float32"),
     }
     for name, (mine, theirs) in pairs.items():
         assert (getattr(ours, name), getattr(code, name)) == (mine, theirs), name

@@ -47,6 +47,7 @@ SYNONYM_NOUN_CHOICES = ("head", "first")
 SYNONYM_TAG_CHOICES = ("coarse", "penn")
 RECTIFIER_RULES = ("directions", "code")
 NOUN_PHRASE_RULES = ("normalized", "code")
+SCORE_PRECISIONS = ("float64", "float32")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class TasConfig(Config):
         choices=SYNONYM_TAG_CHOICES,
         doc="nouns by spaCy's 'coarse' POS (ours) or 'penn' tags of NLTK tokens (code) (null: peer_compat)",
     )
+    score_precision: str | None = setting(
+        None, choices=SCORE_PRECISIONS, doc="raw / min-max / softmax in float64 (ours) or float32 (code)"
+    )
     noun_phrase_rule: str | None = setting(
         None,
         choices=NOUN_PHRASE_RULES,
@@ -169,6 +173,10 @@ class TasConfig(Config):
     @property
     def resolved_synonym_tags(self) -> str:
         return str(self._pick("synonym_tags", "coarse", "penn"))
+
+    @property
+    def resolved_score_precision(self) -> str:
+        return str(self._pick("score_precision", "float64", "float32"))
 
     @property
     def resolved_noun_phrase_rule(self) -> str:

@@ -102,16 +102,19 @@ def combine_scores(
     normalization: str = "minmax",
     softmax: bool = True,
     nan_guard: bool = True,
+    precision: str = "float64",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(raw, score)`` of N masks: ``raw = s_v + lambda_p * p - lambda_n * n``, then min-max and softmax.
 
     With ``nan_guard``, equal raw scores normalise to zeros (equal weights); without it they divide by
-    zero as in the public code (NaN).
+    zero as in the public code (NaN). ``precision``: ``"float64"`` (ours) or ``"float32"`` (the code's
+    torch tensors; the rectifier then compares the same float32 weights).
     """
+    dtype = np.float32 if precision == "float32" else np.float64
     raw = (
-        np.asarray(s_v, np.float64)
-        + lambda_p * np.asarray(p, np.float64)
-        - lambda_n * np.asarray(n, np.float64)
+        np.asarray(s_v, dtype)
+        + dtype(lambda_p) * np.asarray(p, dtype)
+        - dtype(lambda_n) * np.asarray(n, dtype)
     )
     values = raw
     if normalization == "minmax" and raw.size:
@@ -356,6 +359,7 @@ class TasPipeline(Pipeline):
             normalization=c.normalization,
             softmax=c.softmax,
             nan_guard=c.resolved_nan_guard,
+            precision=c.resolved_score_precision,
         )
         ordering = np.where(np.isnan(score), -np.inf, score)
         order = [int(i) for i in np.lexsort((np.arange(len(score)), -ordering))]
