@@ -276,3 +276,38 @@ def test_each_difference_has_its_own_switch_and_peer_compat_turns_them_all() -> 
     mixed = RefDiffConfig(peer_compat=True, attention_postprocess="float", key_word_case="lowered")
     assert mixed.resolved_attention_postprocess == "float" and mixed.resolved_key_word_case == "lowered"
     assert mixed.resolved_position_interpolation == "scale_factor"
+
+
+def test_the_pipeline_runs_every_code_switch_end_to_end_on_the_tiny_models(model_store: ModelStore) -> None:
+    """Wiring: peer_compat with CLIP scores runs the typed key word, the code's map, scale-factor positions
+    and the float64 ramp through ``RefDiffPipeline`` (tiny random models: no quality claim)."""
+    import hashlib
+
+    from tests.engine.test_refdiff_pipeline import FAST, _inject_proposals
+    from workers.engine.core.cache import FeatureCache
+    from workers.engine.core.meter import Meter
+    from workers.engine.core.types import ImageInput
+    from workers.engine.hub import ModelHub
+    from workers.engine.methods.registry import build_pipeline
+
+    rgb = np.full((72, 96, 3), 128, dtype=np.uint8)
+    rgb[10:40, 5:40] = (220, 30, 30)
+    image = ImageInput(rgb=rgb, sha256=hashlib.sha256(rgb.tobytes()).hexdigest())
+    hub = ModelHub(model_store, device="cpu", memory_budget_mb=2048)
+    try:
+        pipeline = build_pipeline(
+            "refdiff", {**FAST, "peer_compat": True}, hub, FeatureCache(), Meter(), profile="tiny"
+        )
+        masks = masks_from_boxes([(0, 0, 96, 72), (5, 10, 40, 40), (50, 30, 90, 70)], 72, 96)
+        _inject_proposals(pipeline, image, masks)
+        ctx = pipeline.context(image)
+        ranked = pipeline.predict(ctx, ["Left man", "the bright box"])
+        assert all(len(r) == 3 for r in ranked)
+        encoder = pipeline._encoder()
+        assert encoder.tower.position_interpolation == "scale_factor"
+        from workers.engine.blocks.text import parse_expression
+
+        attention = pipeline.attention_maps(ctx, ["Left man"], [parse_expression("Left man")])[0]
+        assert attention.image_map.dtype == torch.float64  # the code's float64 map
+    finally:
+        hub.clear()
