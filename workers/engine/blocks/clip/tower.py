@@ -25,6 +25,9 @@ import torch.nn.functional as F
 
 from workers.engine.core.errors import ConfigError
 
+#: How :meth:`ClipTower.positional` resizes the positional embedding to another grid.
+POSITION_INTERPOLATIONS = ("exact", "scale_factor")
+
 
 def _pair(value: Any) -> tuple[int, int]:
     if isinstance(value, tuple | list):
@@ -43,12 +46,24 @@ class ClipTower:
     Args:
         visual: ``model.visual`` of an open_clip ``CLIP`` with a ViT image tower.
         model_name: the store name (messages).
+        position_interpolation: how the positional embedding meets another grid: ``"exact"`` (resized
+            bicubically to the grid) or ``"scale_factor"`` (Ref-Diff's code, after DINO: bicubic with
+            ``scale_factor = (g + 0.1) / g0`` per axis, g the new grid side, g0 the training one; the
+            sampling positions then differ slightly from the exact resize, 2.7e-4 on ViT-B/16).
 
     Raises:
         ConfigError: a tower that is not a ViT with a class token, or one with attentional pooling.
     """
 
-    def __init__(self, visual: torch.nn.Module, *, model_name: str = "clip") -> None:
+    def __init__(
+        self, visual: torch.nn.Module, *, model_name: str = "clip", position_interpolation: str = "exact"
+    ) -> None:
+        if position_interpolation not in POSITION_INTERPOLATIONS:
+            raise ConfigError(
+                f"position_interpolation must be one of {list(POSITION_INTERPOLATIONS)}, "
+                f"got {position_interpolation!r}"
+            )
+        self.position_interpolation = position_interpolation
         if not is_vit(visual):
             raise ConfigError(
                 f"CLIP model {model_name!r}: the vision tower {type(visual).__name__} is not a ViT"
@@ -78,12 +93,19 @@ class ClipTower:
         return int(proj.shape[1]) if proj is not None else self.width
 
     def positional(self, grid: tuple[int, int]) -> torch.Tensor:
-        """``(1 + gh * gw) x C`` positional embedding; the patch part resized bicubically to ``grid``."""
+        """``(1 + gh * gw) x C`` positional embedding; the patch part resized bicubically to ``grid``
+        (see ``position_interpolation``)."""
         pos = self.visual.positional_embedding
         if tuple(grid) == self.grid:
             return pos
         patches = pos[1:].reshape(1, self.grid[0], self.grid[1], -1).permute(0, 3, 1, 2).float()
-        resized = F.interpolate(patches, size=tuple(grid), mode="bicubic", align_corners=False)
+        if self.position_interpolation == "scale_factor":
+            factors = ((grid[0] + 0.1) / self.grid[0], (grid[1] + 0.1) / self.grid[1])
+            resized = F.interpolate(patches, scale_factor=factors, mode="bicubic", align_corners=False)
+            if tuple(resized.shape[-2:]) != tuple(grid):
+                raise ConfigError(f"scale-factor interpolation gave {tuple(resized.shape[-2:])}, not {grid}")
+        else:
+            resized = F.interpolate(patches, size=tuple(grid), mode="bicubic", align_corners=False)
         resized = resized.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
         return torch.cat([pos[:1], resized])
 

@@ -348,13 +348,30 @@ def subject_token_index(tokenizer: Any, prompt: str, char_end: int, *, max_lengt
     return int(min(max(best, 1), last_content))
 
 
-def subject_token_index_peer(tokenizer: Any, prompt: str, subject: str, *, max_length: int = 77) -> int:
-    """Ref-Diff's public code: the prefix up to the *first substring* occurrence of the subject word.
+def code_key_word(text: str) -> tuple[str, int]:
+    """Ref-Diff's key word and the end offset of that token in ``text``: the first token of spaCy's parse of
+    ``text`` *as typed* whose dependency label holds ``ROOT`` or ``subj``; ``(text, len(text))`` when none.
 
-    ``"the woman next to the man"`` with subject ``man`` cuts after ``wo|man`` (the peer's quirk).
+    The code parses the sentence as typed, so case changes the parse: ``"Left man"`` -> ``"man"`` (ours, on
+    the lower-cased sentence, ``"left"``); ``"Man in blue, far left."`` -> ``"left"`` (lower-cased: ``"man"``).
     """
-    lowered = prompt.lower()
-    cut = lowered.find(subject.lower()) + len(subject)
+    from workers.engine.blocks.text import get_nlp
+
+    for token in get_nlp()(text):
+        if "ROOT" in token.dep_ or "subj" in token.dep_:
+            return str(token.text), int(token.idx + len(token.text))
+    return text, len(text)
+
+
+def subject_token_index_peer(tokenizer: Any, prompt: str, subject: str, *, max_length: int = 77) -> int:
+    """Ref-Diff's public code: the last BPE position of the prefix up to the *first substring* occurrence
+    of ``subject`` in the sentence, capped at the sentence's last content token.
+
+    The match is case-sensitive on the sentence as typed (``str.find``), as in the code; a subject that is
+    not found cuts at ``len(subject) - 1`` characters, as the code's ``find`` returning -1 does.
+    ``"the woman next to the man"`` with subject ``man`` cuts after ``wo|man`` (the code's quirk).
+    """
+    cut = prompt.find(subject) + len(subject)
     prefix = _content_ids(tokenizer, prompt[:cut], max_length)
     whole = _content_ids(tokenizer, prompt, max_length)
     return int(min(max(len(prefix) - 2, 1), max(1, len(whole) - 2)))
@@ -378,6 +395,8 @@ def subject_attention_map(
     guidance_scale: float,
     kind: str = "logits",
     cfg_layout: str = "uncond_first",
+    eps: float = 1e-8,
+    accumulate: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """One ``E x S x S`` map per expression of a batch: CFG-combined, subject column, normalised, averaged.
 
@@ -387,9 +406,12 @@ def subject_attention_map(
             (``cfg_layout="cond_only"``, guidance off).
         token_indices: the subject token's position for each of the E expressions.
         guidance_scale: ``g`` in ``u + g (c - u)``.
+        eps: added to each map's range before dividing (the code: 0).
+        accumulate: dtype of the average (the code: float64; each map is normalised in float32 first).
 
     Returns:
-        ``E x S x S`` float32 in [0, 1]: the mean over captured (layer, step) of each min-max normalised map.
+        ``E x S x S`` in [0, 1] (``accumulate`` dtype): the mean over captured (layer, step) of each
+        min-max normalised map.
     """
     keys = store.keys(kind)
     if not keys:
@@ -409,7 +431,7 @@ def subject_attention_map(
             raise ConfigError(f"cfg_layout must be 'uncond_first' or 'cond_only', got {cfg_layout!r}")
         side = math.isqrt(combined.shape[1])
         columns = torch.stack([combined[e, :, token_indices[e]] for e in range(n)]).view(n, side, side)
-        normalised = torch.stack([minmax(c) for c in columns])
+        normalised = torch.stack([minmax(c.float(), eps) for c in columns]).to(accumulate)
         total = normalised if total is None else total + normalised
     assert total is not None
     return total / len(keys)

@@ -15,6 +15,13 @@ PLACES = ("down", "mid", "up")
 HARD_CROP_CHOICES = ("shorter_side", "square")
 FUSION_CHOICES = ("code", "paper")
 THRESHOLD_MODES = ("value", "quantile")
+RAMP_PRECISIONS = ("float32", "float64")
+TOPK_TIES = ("first", "argpartition")
+KEY_WORD_CASES = ("lowered", "typed")
+ATTENTION_POSTPROCESS = ("float", "code")
+POSITION_INTERPOLATIONS = ("exact", "scale_factor")
+RAMP_MATCHES = ("word", "substring")
+SUBJECT_CUTS = ("position", "first_substring")
 
 #: The code's minimum proposal area per dataset (areas at or below it are filtered).
 DATASET_MIN_AREA = {"refcoco": 10000, "refcoco+": 10000, "refcocog": 0}
@@ -114,13 +121,100 @@ class RefDiffConfig(Config):
     generative_weight: float = setting(0.05, low=-100.0, high=100.0, doc="fusion weight of s_g (code)")
     alpha: float = setting(0.1, low=0.0, high=1.0, doc="the paper's fusion weight of s_g")
     max_masks_per_forward: int = setting(32, low=1, high=1024, doc="CLIP crops / class tokens per forward")
-    peer_compat: bool = setting(False, doc="reproduce the public code's quirks")
+    min_area_ratio: float = setting(
+        0.0, low=0.0, high=1.0, doc="areas at or below this share of the image are filtered (code: 0)"
+    )
+    peer_compat: bool = setting(False, doc="reproduce the public code (each difference also has its own key)")
+    key_word_case: str | None = setting(
+        None,
+        choices=KEY_WORD_CASES,
+        doc="parse the key word from the 'lowered' sentence (ours) or as 'typed' (code) (null: peer_compat)",
+    )
+    subject_cut: str | None = setting(
+        None,
+        choices=SUBJECT_CUTS,
+        doc="key-word token at its own 'position' (ours) or at the 'first_substring' match (code)",
+    )
+    prompt_suffix: bool | None = setting(
+        None, doc="append ', ' to the SD prompt as the code (null: peer_compat)"
+    )
+    attention_postprocess: str | None = setting(
+        None,
+        choices=ATTENTION_POSTPROCESS,
+        doc="map back to the image: 'float' bilinear (ours) or 'code' (uint8, PIL Lanczos; null: peer_compat)",
+    )
+    position_interpolation: str | None = setting(
+        None,
+        choices=POSITION_INTERPOLATIONS,
+        doc="CLIP positional embedding on other grids: 'exact' or 'scale_factor' (code) (null: peer_compat)",
+    )
+    ramp_precision: str | None = setting(
+        None, choices=RAMP_PRECISIONS, doc="positional ramp in float32 (ours) or float64 (code)"
+    )
+    ramp_match: str | None = setting(
+        None, choices=RAMP_MATCHES, doc="left/right as whole 'word's (ours) or case-sensitive 'substring's"
+    )
+    topk_ties: str | None = setting(
+        None, choices=TOPK_TIES, doc="equal areas at the k-th place: 'first' (ours) or 'argpartition' (code)"
+    )
+    filtered_score_zero: bool | None = setting(
+        None, doc="filtered proposals keep score 0 and can win, as the code (null: peer_compat)"
+    )
+    empty_fallback: bool | None = setting(
+        None, doc="no proposal: score the whole image as the code (null: peer_compat)"
+    )
 
     def check(self) -> None:
         if not self.attention_thresholds:
             raise ConfigError("config key 'attention_thresholds' needs at least one threshold")
         if not self.attention_places:
             raise ConfigError(f"config key 'attention_places' must be a non-empty subset of {list(PLACES)}")
+
+    def _pick(self, key: str, ours: object, code: object) -> object:
+        value = getattr(self, key)
+        if value is not None:
+            return value
+        return code if self.peer_compat else ours
+
+    @property
+    def resolved_key_word_case(self) -> str:
+        return str(self._pick("key_word_case", "lowered", "typed"))
+
+    @property
+    def resolved_subject_cut(self) -> str:
+        return str(self._pick("subject_cut", "position", "first_substring"))
+
+    @property
+    def resolved_prompt_suffix(self) -> bool:
+        return bool(self._pick("prompt_suffix", False, True))
+
+    @property
+    def resolved_attention_postprocess(self) -> str:
+        return str(self._pick("attention_postprocess", "float", "code"))
+
+    @property
+    def resolved_position_interpolation(self) -> str:
+        return str(self._pick("position_interpolation", "exact", "scale_factor"))
+
+    @property
+    def resolved_ramp_precision(self) -> str:
+        return str(self._pick("ramp_precision", "float32", "float64"))
+
+    @property
+    def resolved_ramp_match(self) -> str:
+        return str(self._pick("ramp_match", "word", "substring"))
+
+    @property
+    def resolved_topk_ties(self) -> str:
+        return str(self._pick("topk_ties", "first", "argpartition"))
+
+    @property
+    def resolved_filtered_score_zero(self) -> bool:
+        return bool(self._pick("filtered_score_zero", False, True))
+
+    @property
+    def resolved_empty_fallback(self) -> bool:
+        return bool(self._pick("empty_fallback", False, True))
 
     @property
     def resolved_min_area(self) -> int:

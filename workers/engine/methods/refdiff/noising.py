@@ -145,14 +145,30 @@ def denoise_with_capture(
     return latents.float().cpu()
 
 
-def attention_to_image(square_map: torch.Tensor, geometry: SquareGeometry) -> torch.Tensor:
-    """An ``S x S`` query-grid map as an ``H x W`` float32 map in [0, 1] of the original image.
+def attention_to_image(
+    square_map: torch.Tensor, geometry: SquareGeometry, postprocess: str = "float"
+) -> torch.Tensor:
+    """An ``S x S`` query-grid map as an ``H x W`` map in [0, 1] of the original image (float32; float64
+    with ``postprocess="code"``, as the code keeps it).
 
-    Bilinear resize to the padded square's side, crop the padding, min-max normalise again (the code
-    normalises after cropping, so the padding's values never set the range).
+    ``postprocess="float"`` (ours): bilinear resize in float to the padded square's side, crop the padding,
+    min-max normalise again (the code normalises after cropping, so the padding's values never set the
+    range). ``"code"`` (Ref-Diff's): ``uint8(map * 255)`` (truncated), PIL Lanczos to the square's side,
+    ``/ 255`` in float64, crop, min-max with ``1e-8`` added to the range; 0.10-0.16 apart from ``"float"``.
     """
     if square_map.ndim != 2:
         raise BadInputError(f"an attention map must be S x S, got shape {tuple(square_map.shape)}")
+    if postprocess not in ("float", "code"):
+        raise BadInputError(f"attention postprocess must be 'float' or 'code', got {postprocess!r}")
+    if postprocess == "code":
+        eight_bit = (square_map.detach().cpu().double().numpy() * 255).astype(np.uint8)
+        resized = Image.fromarray(eight_bit).resize((geometry.side, geometry.side), Image.Resampling.LANCZOS)
+        full64 = np.asarray(resized, dtype=np.float64) / 255
+        crop = full64[
+            geometry.top : geometry.top + geometry.height, geometry.left : geometry.left + geometry.width
+        ]
+        low, high = crop.min(), crop.max()
+        return torch.from_numpy(np.ascontiguousarray((crop - low) / (high - low + 1e-8)))
     full = F.interpolate(
         square_map.float()[None, None],
         size=(geometry.side, geometry.side),

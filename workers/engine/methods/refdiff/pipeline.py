@@ -25,23 +25,33 @@ Per expression (docs/METHODS.md#ref-diff):
 Each candidate's ``components``: ``s_g``, ``hard``, ``soft`` (0 when not computed), ``score`` and, in the
 proposal-free mode, ``threshold``.
 
-Differences from the public code; ``peer_compat=true`` restores the first six:
+Differences from the public code; each has its own config key (``null`` follows ``peer_compat``), and
+``peer_compat=true`` takes the code's side of all of them (docs/METHODS.md#ref-diff-differences):
 
-- Filtered proposals are left out of the ranking (score -inf); the code multiplies their score by 0, so
-  when every kept proposal scores below 0 a filtered one wins. peer_compat: they are returned with score 0.
-- left/right match whole words (``left``, ``leftmost``, ``lefthand``); the code tests case-sensitive
-  substrings, so "bright" turns on the right ramp and "Left" does not turn on the left one.
-- The subject token is found at the subject's own position; the code cuts the sentence at the first
-  *substring* occurrence of the subject word ("the woman next to the man" cuts inside "woman").
-- The SD prompt is the sentence; the code appends ", " (its empty positive prompt).
-- The latent is noised to the first denoised timestep (diffusers' img2img); the code's DDIM sampler noises
-  one timestep higher (``peer_noise_level``).
-- An image with no proposal gives no candidate (the benchmark scores it IoU 0); the code falls back to a
-  whole-image mask.
+- ``filtered_score_zero``: filtered proposals are left out (score -inf); the code multiplies their score by 0,
+  so when every kept proposal scores below 0 a filtered one wins (returned with score 0 and ``filtered``).
+- ``ramp_match``: left/right as whole words (``left``, ``leftmost``, ``lefthand``); the code tests
+  case-sensitive substrings, so "bright" turns on the right ramp and "Left" does not turn on the left one.
+- ``key_word_case``: the key word from the lower-cased parse; the code parses the sentence as typed
+  ("Left man": ours ``left``, the code's ``man``; ``attention.code_key_word``).
+- ``subject_cut``: the key word's token at its own position; the code cuts the sentence at the first
+  *substring* occurrence of the key word ("the woman next to the man" cuts inside "woman").
+- ``prompt_suffix``: the SD prompt is the sentence; the code appends ", " (its empty positive prompt).
+- ``noising.peer_noise_level``: the latent is noised to the first denoised timestep (diffusers' img2img);
+  the code's DDIM sampler noises one timestep higher.
+- ``attention_postprocess``: the map goes back to the image bilinearly in float; the code: per-map
+  min-max without epsilon, float64 average, ``uint8``, PIL Lanczos (``noising.attention_to_image``).
+- ``position_interpolation``: CLIP's positional embedding is resized to the exact grid of a non-square
+  input; the code uses DINO's ``scale_factor = (g + 0.1) / 14``.
+- ``ramp_precision``: the positional ramp in float32; the code's in float64.
+- ``topk_ties``: equal areas at the k-th place keep the earlier masks; the code's ``np.argpartition`` order.
+- ``empty_fallback``: an image with no proposal gives no candidate; the code falls back to a whole-image mask.
+- ``min_area_ratio``: the code's ``filter_size_ratio`` (0 in its configs), the same in both modes.
 - Not reproduced, as they are plain bugs: the per-ref cache (the code reuses the first sentence's subject,
   text features and attention map for every later sentence of a ref) and OpenCV's BGR order.
-- Resizes: the map goes back to the image bilinearly in float (the code: 8-bit Lanczos); the positional
-  embedding of non-square CLIP inputs is resized to the exact grid (the code: DINO's scale-factor trick).
+
+``tests/engine/test_peer_parity_refdiff.py`` checks each piece against the code's own outputs
+(``scripts/peer_parity/refdiff_fixtures.py``).
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ from workers.engine.methods.base import Pipeline
 from workers.engine.methods.refdiff.attention import (
     AttentionStore,
     choose_resolution,
+    code_key_word,
     cross_attention_layers,
     select_layers,
     subject_attention_map,
@@ -119,16 +130,23 @@ class RefDiffPipeline(Pipeline):
     # -- text ---------------------------------------------------------------------------------------
     def prompt_for(self, expression: str) -> str:
         """The SD prompt of an expression (the code appends ", ")."""
-        return f"{expression}, " if self.config.peer_compat else expression
+        return f"{expression}, " if self.config.resolved_prompt_suffix else expression
 
     def token_index(self, tokenizer: Any, expression: str, parsed: ParsedExpression) -> int:
         """The subject's last CLIP BPE position in :meth:`prompt_for`'s prompt."""
         prompt = self.prompt_for(expression)
         max_length = int(getattr(tokenizer, "model_max_length", 77))
+        if self.config.resolved_key_word_case == "typed":
+            word, end = code_key_word(expression[:2000])
+            if self.config.resolved_subject_cut == "first_substring":  # the code cuts the sentence
+                return subject_token_index_peer(tokenizer, expression, word, max_length=max_length)
+            return subject_token_index(tokenizer, prompt, end, max_length=max_length)
         if parsed.subject_index < 0:
             return subject_token_index(tokenizer, prompt, len(expression), max_length=max_length)
-        if self.config.peer_compat:
-            return subject_token_index_peer(tokenizer, prompt, parsed.subject, max_length=max_length)
+        if self.config.resolved_subject_cut == "first_substring":
+            return subject_token_index_peer(
+                tokenizer, expression.lower(), parsed.subject, max_length=max_length
+            )
         end = subject_char_end(expression[:2000], parsed.tokens, parsed.subject_index)
         return subject_token_index(tokenizer, prompt, end, max_length=max_length)
 
@@ -166,6 +184,7 @@ class RefDiffPipeline(Pipeline):
             settings=noising,
             layers=sorted(layers),
             kind=self.config.attention_kind,
+            postprocess=self.config.resolved_attention_postprocess,
             prompt=prompt,
             token=token,
         )
@@ -179,6 +198,7 @@ class RefDiffPipeline(Pipeline):
         fingerprint = self.hub.fingerprint(c.diffusion_model)
         layers = self._layers(bundle)
         prompts = [self.prompt_for(e) for e in expressions]
+        code_maps = c.resolved_attention_postprocess == "code"
         tokens = [self.token_index(bundle.tokenizer, e, p) for e, p in zip(expressions, parsed, strict=True)]
         params = [self._map_params(fingerprint, layers, p, t) for p, t in zip(prompts, tokens, strict=True)]
         squares: dict[int, torch.Tensor] = {}
@@ -219,6 +239,8 @@ class RefDiffPipeline(Pipeline):
                         [tokens[i] for i in chunk],
                         guidance_scale=c.noising.guidance_scale,
                         kind=c.attention_kind,
+                        eps=0.0 if code_maps else 1e-8,
+                        accumulate=torch.float64 if code_maps else torch.float32,
                     )
                 for j, i in enumerate(chunk):
                     value = maps[j].contiguous()
@@ -228,7 +250,12 @@ class RefDiffPipeline(Pipeline):
             squares.setdefault(i, squares[first_of[(prompts[i], tokens[i])]])
         geometry = SquareGeometry(*ctx.size)
         return [
-            AttentionResult(attention_to_image(squares[i], geometry), squares[i], tokens[i], prompts[i])
+            AttentionResult(
+                attention_to_image(squares[i], geometry, c.resolved_attention_postprocess),
+                squares[i],
+                tokens[i],
+                prompts[i],
+            )
             for i in range(len(expressions))
         ]
 
@@ -236,7 +263,7 @@ class RefDiffPipeline(Pipeline):
     def sam_proposals(self, ctx: ImageContext) -> Proposals:
         """The image's SAM proposals (generated once per image); the code's whole-image fallback in peer_compat."""
         proposals = cached_proposals(ctx, self.hub, self.config.proposal_source, self.config.amg)
-        if len(proposals) == 0 and self.config.peer_compat:
+        if len(proposals) == 0 and self.config.resolved_empty_fallback:
             height, width = ctx.size
             return Proposals.from_masks(np.ones((1, height, width), dtype=bool))
         return proposals
@@ -250,10 +277,15 @@ class RefDiffPipeline(Pipeline):
             cfg = getattr(bundle, "preprocess_cfg", {}) or {}
             kwargs = {k: cfg[k] for k in ("mean", "std") if cfg.get(k) is not None}
             return RegionClipEncoder(
-                bundle.model, model_name=c.clip_model, max_masks_per_forward=c.max_masks_per_forward, **kwargs
+                bundle.model,
+                model_name=c.clip_model,
+                max_masks_per_forward=c.max_masks_per_forward,
+                position_interpolation=c.resolved_position_interpolation,
+                **kwargs,
             )
 
-        return self.hub.wrapper(c.clip_model, "refdiff_regions", build, key=c.max_masks_per_forward)
+        key = (c.max_masks_per_forward, c.resolved_position_interpolation)
+        return self.hub.wrapper(c.clip_model, "refdiff_regions", build, key=key)
 
     def _region_params(
         self, encoder: RegionClipEncoder, proposals: Proposals, **extra: Any
@@ -277,11 +309,14 @@ class RefDiffPipeline(Pipeline):
 
     def hard_features(self, ctx: ImageContext, proposals: Proposals, direction: str | None) -> torch.Tensor:
         encoder = self._encoder()
-        params = self._region_params(encoder, proposals, ramp=direction, crop=self.config.hard_crop)
+        precision = self.config.resolved_ramp_precision
+        params = self._region_params(
+            encoder, proposals, ramp=direction, crop=self.config.hard_crop, ramp_precision=precision
+        )
 
         def compute() -> torch.Tensor:
             with ctx.meter.stage("clip_hard"):
-                image = positional_ramp(ctx.rgb, direction)
+                image = positional_ramp(ctx.rgb, direction, precision)
                 return encoder.hard_features(image, proposals.to_numpy(), self.config.hard_crop)
 
         return ctx.cached("refdiff_hard", params, compute)
@@ -289,7 +324,10 @@ class RefDiffPipeline(Pipeline):
     def text_features(self, expression: str, parsed: ParsedExpression) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sentence, subject)`` unnormalised ``1 x D`` CLIP text features."""
         extractor = clip_extractor(self.hub, self.config.clip_model, ClipFeatureConfig())
-        subject = parsed.subject or expression
+        if self.config.resolved_key_word_case == "typed":
+            subject = code_key_word(expression[:2000])[0]
+        else:
+            subject = parsed.subject or expression
         with self.meter.stage("text"):
             encoded = extractor.encode_texts([expression, subject])
         return encoded[:1], encoded[1:]
@@ -303,12 +341,20 @@ class RefDiffPipeline(Pipeline):
         if c.proposal_free:
             return
         proposals = self.sam_proposals(ctx)
-        kept = proposals.filter(
-            kept_for_scoring(proposals, max_proposals=c.max_proposals, min_area=c.resolved_min_area)
-        )
+        kept = proposals.filter(self._keep(proposals, c.max_proposals))
         if len(kept) and c.use_discriminative:
             self.soft_features(ctx, kept)
             self.hard_features(ctx, kept, None)
+
+    def _keep(self, proposals: Proposals, limit: int | None) -> np.ndarray:
+        c = self.config
+        return kept_for_scoring(
+            proposals,
+            max_proposals=limit,
+            min_area=c.resolved_min_area,
+            min_area_ratio=c.min_area_ratio,
+            ties=c.resolved_topk_ties,
+        )
 
     def _predict(self, ctx: ImageContext, expressions: list[str]) -> list[list[Candidate]]:
         parsed = [parse_expression(e) for e in expressions]  # refuses an empty expression before model work
@@ -342,18 +388,20 @@ class RefDiffPipeline(Pipeline):
         if n == 0:
             return []
         limit = c.attention_max_proposals if thresholds is not None else c.max_proposals
-        keep = kept_for_scoring(proposals, max_proposals=limit, min_area=c.resolved_min_area)
+        keep = self._keep(proposals, limit)
         kept = proposals.filter(keep)
         s_g = np.zeros(n)
         hard = np.zeros(n)
         soft = np.zeros(n)
-        fused = np.full(n, 0.0 if c.peer_compat else -np.inf)
+        fused = np.full(n, 0.0 if c.resolved_filtered_score_zero else -np.inf)
         if len(kept):
             with self.meter.stage("scoring"):
                 s_g_kept = generative_scores(attention.image_map, kept.to_tensor())
             hard_kept = soft_kept = None
             if c.use_discriminative:
-                direction = ramp_direction(parsed.tokens, expression, peer_compat=c.peer_compat)
+                direction = ramp_direction(
+                    parsed.tokens, expression, peer_compat=c.resolved_ramp_match == "substring"
+                )
                 direction = direction if c.positional_ramp else None
                 sentence, subject = self.text_features(expression, parsed)
                 hard_text = text_mix(sentence, subject, c.hard_text_weight, c.hard_subject_weight)
@@ -375,7 +423,7 @@ class RefDiffPipeline(Pipeline):
         components: dict[str, Any] = {"s_g": s_g, "hard": hard, "soft": soft, "score": fused}
         if thresholds is not None:
             components["threshold"] = np.asarray(thresholds, dtype=np.float64)
-        if c.peer_compat:
+        if c.resolved_filtered_score_zero:
             components["filtered"] = (~keep).astype(np.float64)
             return rank_candidates(proposals, fused, components)
         index = np.flatnonzero(keep)

@@ -42,7 +42,13 @@ from workers.engine.blocks.geometry import pad_square, tight_box_xyxy
 from workers.engine.blocks.masks import Proposals
 from workers.engine.core.errors import BadInputError, ConfigError
 from workers.engine.core.meter import Meter, current_meter
-from workers.engine.methods.refdiff.config import FUSION_CHOICES, HARD_CROP_CHOICES, THRESHOLD_MODES
+from workers.engine.methods.refdiff.config import (
+    FUSION_CHOICES,
+    HARD_CROP_CHOICES,
+    RAMP_PRECISIONS,
+    THRESHOLD_MODES,
+    TOPK_TIES,
+)
 
 #: Whole words that turn on the left / right ramp (the code's substring test also fires on these).
 LEFT_WORDS = frozenset({"left", "leftmost", "lefthand"})
@@ -55,7 +61,8 @@ RIGHT_WORDS = frozenset({"right", "rightmost", "righthand"})
 
 
 def generative_scores(attention: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``N`` float32: mean attention inside each mask minus mean outside it.
+    """``N`` float32: mean attention inside each mask minus mean outside it (computed in float64 for a
+    float64 map, as the code's numpy sums).
 
     Args:
         attention: ``H x W`` float map.
@@ -65,10 +72,11 @@ def generative_scores(attention: torch.Tensor, masks: torch.Tensor, eps: float =
         raise BadInputError(
             f"attention H x W and masks N x H x W must agree, got {tuple(attention.shape)} and {tuple(masks.shape)}"
         )
-    a = attention.float().flatten()
-    m = masks.flatten(1).float()
+    dtype = torch.float64 if attention.dtype == torch.float64 else torch.float32
+    a = attention.to(dtype).flatten()
+    m = masks.flatten(1).to(dtype)
     outside = 1.0 - m
-    return (m @ a) / (m.sum(dim=1) + eps) - (outside @ a) / (outside.sum(dim=1) + eps)
+    return ((m @ a) / (m.sum(dim=1) + eps) - (outside @ a) / (outside.sum(dim=1) + eps)).float()
 
 
 def attention_proposals(
@@ -105,16 +113,44 @@ def attention_proposals(
     return Proposals.from_masks(torch.stack(masks)), kept
 
 
-def kept_for_scoring(proposals: Proposals, *, max_proposals: int | None, min_area: int) -> np.ndarray:
-    """``N`` bool: among the ``max_proposals`` largest (earlier first on ties) and ``area > min_area``."""
+def kept_for_scoring(
+    proposals: Proposals,
+    *,
+    max_proposals: int | None,
+    min_area: int,
+    min_area_ratio: float = 0.0,
+    ties: str = "first",
+) -> np.ndarray:
+    """``N`` bool: the code's ``filter_proposal``: among the ``max_proposals`` largest, ``area > min_area``
+    and ``area > min_area_ratio * H * W``.
+
+    Args:
+        proposals: ``N`` masks of one ``H x W`` image.
+        max_proposals: k of the top-k by area (``None``: no cap).
+        min_area: areas at or below are dropped (px).
+        min_area_ratio: areas at or below this share of the image are dropped (the code's
+            ``filter_size_ratio``, 0 in every published config).
+        ties: which of equal areas at the k-th place stay: ``"first"`` (earlier masks, ours) or
+            ``"argpartition"`` (the code's ``np.argpartition(-areas, k - 1)[:k]``, whose choice among ties
+            is numpy's introselect order).
+    """
+    if ties not in TOPK_TIES:
+        raise ConfigError(f"ties must be one of {list(TOPK_TIES)}, got {ties!r}")
     n = len(proposals)
     keep = np.ones(n, dtype=bool)
+    areas = np.asarray(proposals.area)
     if max_proposals is not None and n > max_proposals:
-        order = np.lexsort((np.arange(n), -proposals.area))
         keep[:] = False
-        keep[order[:max_proposals]] = True
+        if ties == "argpartition":
+            keep[np.argpartition(-areas, max_proposals - 1)[:max_proposals]] = True
+        else:
+            order = np.lexsort((np.arange(n), -areas))
+            keep[order[:max_proposals]] = True
     if min_area > 0:
-        keep &= proposals.area > min_area
+        keep &= areas > min_area
+    if min_area_ratio > 0 and n:
+        height, width = proposals.image_size
+        keep &= areas > height * width * min_area_ratio
     return keep
 
 
@@ -144,9 +180,17 @@ def ramp_direction(tokens: Sequence[str], text: str, *, peer_compat: bool = Fals
     return None
 
 
-def positional_ramp(rgb: np.ndarray, direction: str | None) -> np.ndarray:
-    """``H x W x 3`` float32 (0-255 scale): the image times the code's horizontal ramp (module docstring)."""
-    image = rgb.astype(np.float32)
+def positional_ramp(rgb: np.ndarray, direction: str | None, precision: str = "float32") -> np.ndarray:
+    """``H x W x 3`` float (0-255 scale): the image times the code's horizontal ramp (module docstring).
+
+    ``precision``: ``"float32"`` (ours) or ``"float64"`` (the code: ``np.linspace`` in float64 times the
+    uint8 image). The hard crops are cast to uint8 after this product, so the two can differ by one grey
+    level where a product sits within float32 rounding of an integer.
+    """
+    if precision not in RAMP_PRECISIONS:
+        raise ConfigError(f"ramp precision must be one of {list(RAMP_PRECISIONS)}, got {precision!r}")
+    dtype = np.float64 if precision == "float64" else np.float32
+    image = rgb.astype(dtype)
     if direction is None:
         return image
     width = image.shape[1]
@@ -157,7 +201,7 @@ def positional_ramp(rgb: np.ndarray, direction: str | None) -> np.ndarray:
         weights = np.concatenate([np.zeros(width - span), np.linspace(0.0, 1.0, span)])
     else:
         raise ConfigError(f"ramp direction must be 'left', 'right' or None, got {direction!r}")
-    return image * weights.astype(np.float32)[None, :, None]
+    return image * weights.astype(dtype)[None, :, None]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -174,6 +218,8 @@ class RegionClipEncoder:
         mean, std: the model's normalisation (CLIP's by default, as the code).
         meter: counts ``"<model_name>:image"`` forwards.
         max_masks_per_forward: class tokens (soft) or crops (hard) per forward.
+        position_interpolation: ``"exact"`` or ``"scale_factor"`` (the code's), see
+            ``workers.engine.blocks.clip.tower.ClipTower``.
     """
 
     def __init__(
@@ -185,8 +231,11 @@ class RegionClipEncoder:
         std: Sequence[float] = OPENAI_STD,
         meter: Meter | None = None,
         max_masks_per_forward: int = 32,
+        position_interpolation: str = "exact",
     ) -> None:
-        self.tower = ClipTower(model.visual, model_name=model_name)
+        self.tower = ClipTower(
+            model.visual, model_name=model_name, position_interpolation=position_interpolation
+        )
         self.model_name = model_name
         self._meter = meter
         self.mean = torch.tensor([float(v) for v in mean]).view(3, 1, 1)
@@ -389,4 +438,5 @@ def describe_encoder(encoder: RegionClipEncoder) -> dict[str, Any]:
         "mean": encoder.mean.flatten().tolist(),
         "std": encoder.std.flatten().tolist(),
         "input_size": encoder.input_size,
+        "position_interpolation": encoder.tower.position_interpolation,
     }

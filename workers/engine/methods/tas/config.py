@@ -44,6 +44,10 @@ class SynonymRule:
 NORMALIZATION_CHOICES = ("minmax", "none")
 LEXICON_FALLBACK_CHOICES = ("error", "exact")
 SYNONYM_NOUN_CHOICES = ("head", "first")
+SYNONYM_TAG_CHOICES = ("coarse", "penn")
+RECTIFIER_RULES = ("directions", "code")
+NOUN_PHRASE_RULES = ("normalized", "code")
+SCORE_PRECISIONS = ("float64", "float32")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,24 @@ class TasConfig(Config):
     )
     synonym_nouns_only: bool | None = setting(None, doc="noun senses only (ours; null: peer_compat)")
     nan_guard: bool | None = setting(None, doc="guard the empty negative list (ours; null: peer_compat)")
+    rectifier_rule: str | None = setting(
+        None,
+        choices=RECTIFIER_RULES,
+        doc="'directions' (ours: any direction word) or 'code' (gated by the entity parse) (null: peer_compat)",
+    )
+    synonym_tags: str | None = setting(
+        None,
+        choices=SYNONYM_TAG_CHOICES,
+        doc="nouns by spaCy's 'coarse' POS (ours) or 'penn' tags of NLTK tokens (code) (null: peer_compat)",
+    )
+    score_precision: str | None = setting(
+        None, choices=SCORE_PRECISIONS, doc="raw / min-max / softmax in float64 (ours) or float32 (code)"
+    )
+    noun_phrase_rule: str | None = setting(
+        None,
+        choices=NOUN_PHRASE_RULES,
+        doc="target noun phrase of the 'normalized' sentence (ours) or the 'code''s (null: peer_compat)",
+    )
 
     def check(self) -> None:
         if self.negative_template.count("{}") != 1:
@@ -143,6 +165,22 @@ class TasConfig(Config):
     @property
     def resolved_synonym_noun(self) -> str:
         return str(self._pick("synonym_noun", "head", "first"))
+
+    @property
+    def resolved_rectifier_rule(self) -> str:
+        return str(self._pick("rectifier_rule", "directions", "code"))
+
+    @property
+    def resolved_synonym_tags(self) -> str:
+        return str(self._pick("synonym_tags", "coarse", "penn"))
+
+    @property
+    def resolved_score_precision(self) -> str:
+        return str(self._pick("score_precision", "float64", "float32"))
+
+    @property
+    def resolved_noun_phrase_rule(self) -> str:
+        return str(self._pick("noun_phrase_rule", "normalized", "code"))
 
     @property
     def resolved_nan_guard(self) -> bool:

@@ -331,6 +331,65 @@ def phrase_noun(doc_span: Sequence[Any], *, first: bool) -> PhraseNoun | None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The public code's first noun: NLTK tokens and Penn Treebank tags
+# ---------------------------------------------------------------------------------------------------
+
+#: Penn Treebank proper-noun tags; spaCy's small model gives them to lower-case modifiers of a short
+#: phrase ("the white cup": DT NNP NNP; "teddy bear": NNP NNP), where NLTK's tagger says JJ / NN.
+PROPER_NOUN_TAGS = ("NNP", "NNPS")
+
+
+def phrase_tokens(phrase: str) -> list[str]:
+    """NLTK's Treebank word tokens of a one-sentence phrase (what the code's ``word_tokenize`` gives)."""
+    from nltk.tokenize import NLTKWordTokenizer
+
+    return list(NLTKWordTokenizer().tokenize(phrase))
+
+
+def penn_tags(tokens: Sequence[str], *, fix_lowercase_proper: bool = True) -> list[tuple[str, str]]:
+    """``(token, tag)`` Penn Treebank tags of pre-split tokens, from spaCy's fine-grained tagger.
+
+    Stands for the code's ``nltk.pos_tag`` (NLTK's averaged-perceptron data is on no package registry).
+    With ``fix_lowercase_proper``, a lower-case token tagged ``NNP``/``NNPS`` is read as a modifier
+    (``JJ``) when the next token is a noun, else as ``NN``: the small spaCy model calls
+    lower-case adjectives of a bare phrase proper nouns, NLTK's tagger does not. Without it, spaCy's raw
+    tags (then "white" is the first noun of "the white cup").
+    """
+    from spacy.tokens import Doc
+
+    from workers.engine.blocks.text import get_nlp
+
+    words = [t for t in tokens if t]
+    if not words:
+        return []
+    nlp = get_nlp()
+    doc = Doc(nlp.vocab, words=words)
+    for _, component in nlp.pipeline:
+        doc = component(doc)
+    tags = [t.tag_ for t in doc]
+    if fix_lowercase_proper:
+        for i, (word, tag) in enumerate(zip(words, tags, strict=True)):
+            if tag in PROPER_NOUN_TAGS and word.islower():
+                next_noun = i + 1 < len(tags) and tags[i + 1].startswith("N")
+                tags[i] = "JJ" if next_noun else "NN"
+    return list(zip(words, tags, strict=True))
+
+
+def first_penn_noun(phrase: str, *, fix_lowercase_proper: bool = True) -> str | None:
+    """The code's noun of a phrase: the first token whose Penn tag starts with ``N`` (``None``: none)."""
+    for token, tag in penn_tags(phrase_tokens(phrase), fix_lowercase_proper=fix_lowercase_proper):
+        if tag.startswith("N"):
+            return token
+    return None
+
+
+def phrase_noun_code(phrase: str, *, fix_lowercase_proper: bool = True) -> PhraseNoun | None:
+    """:func:`first_penn_noun` as a :class:`PhraseNoun` (text as written: WordNet lower-cases it)."""
+    noun = first_penn_noun(phrase, fix_lowercase_proper=fix_lowercase_proper)
+    return None if noun is None else PhraseNoun(text=noun, lemma=noun.lower())
+
+
+# ---------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------
 

@@ -34,6 +34,12 @@ ranked first, the others follow by score.
   ``"head"`` noun; ``synonym_same_lemma``: equal lemmas are near-synonyms (ours; the code needs 3 shared
   senses, so a noun with fewer senses is not its own near-synonym); ``synonym_nouns_only``: noun senses
   only (ours) or every part of speech (code).
+- ``rectifier_rule``: ``"code"``: the code's rectifier, gated by its entity parse
+  (``workers.engine.methods.tas.rectifier``); ``"directions"``: ours, any direction word.
+- ``synonym_tags``: ``"penn"``: the code's first noun, the first Penn ``N*`` tag of NLTK's tokens (spaCy's
+  Penn tags standing for NLTK's tagger, ``lexicon.penn_tags``); ``"coarse"``: spaCy's part of speech.
+- ``noun_phrase_rule``: ``"code"``: the code's target noun phrase (``parse.target_noun_phrase``) for the
+  negatives; ``"normalized"``: the parse of the normalised sentence.
 - ``nan_guard``: an empty negative list gives N = 0 and equal raw scores give equal weights (ours); the
   code divides by zero, every score becomes NaN and, as ``torch.argmax`` does, the first mask wins. NaN
   values are reported as 0 with a ``nan`` component of 1, so candidates stay valid JSON.
@@ -41,8 +47,8 @@ ranked first, the others follow by score.
 Not reproduced in any mode (no effect on which mask wins, or not reproducible here): the code recomputes SAM
 and captions per ref; its image captions come from files that were never published (ours: one caption per
 image by the configured captioner); its crops use SAM's ``xywh`` box, one pixel short on the right and
-bottom, and pad by ``(h - w) // 2`` per side; its rectifier is gated by an entity parse with spaCy's
-transformer model (see ``workers.engine.methods.tas.spatial``).
+bottom, and pad by ``(h - w) // 2`` per side; it parses with spaCy's transformer model (ours: the small
+one) and tags with NLTK's perceptron (data not installable; spaCy's Penn tags stand in).
 """
 
 from __future__ import annotations
@@ -72,7 +78,10 @@ from workers.engine.methods.tas.lexicon import (
     load_wordnet,
     near_synonyms,
     phrase_noun,
+    phrase_noun_code,
 )
+from workers.engine.methods.tas.parse import entity_parse, target_noun_phrase
+from workers.engine.methods.tas.rectifier import RectifierError, code_rectify
 from workers.engine.methods.tas.spatial import find_directions, mask_centroids, rectify
 
 log = logging.getLogger(__name__)
@@ -93,16 +102,19 @@ def combine_scores(
     normalization: str = "minmax",
     softmax: bool = True,
     nan_guard: bool = True,
+    precision: str = "float64",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(raw, score)`` of N masks: ``raw = s_v + lambda_p * p - lambda_n * n``, then min-max and softmax.
 
     With ``nan_guard``, equal raw scores normalise to zeros (equal weights); without it they divide by
-    zero as in the public code (NaN).
+    zero as in the public code (NaN). ``precision``: ``"float64"`` (ours) or ``"float32"`` (the code's
+    torch tensors; the rectifier then compares the same float32 weights).
     """
+    dtype = np.float32 if precision == "float32" else np.float64
     raw = (
-        np.asarray(s_v, np.float64)
-        + lambda_p * np.asarray(p, np.float64)
-        - lambda_n * np.asarray(n, np.float64)
+        np.asarray(s_v, dtype)
+        + dtype(lambda_p) * np.asarray(p, dtype)
+        - dtype(lambda_n) * np.asarray(n, dtype)
     )
     values = raw
     if normalization == "minmax" and raw.size:
@@ -136,7 +148,13 @@ class NegativePhrases:
 
 
 def negative_phrases(
-    caption: str, noun_phrase: str, *, rule: SynonymRule, noun: str = "head", wordnet: Any | None = None
+    caption: str,
+    noun_phrase: str,
+    *,
+    rule: SynonymRule,
+    noun: str = "head",
+    wordnet: Any | None = None,
+    tags: str = "coarse",
 ) -> NegativePhrases:
     """Noun chunks of ``caption`` whose noun is not a near-synonym of ``noun_phrase``'s noun.
 
@@ -146,16 +164,23 @@ def negative_phrases(
         rule: the near-synonym rule (``workers.engine.methods.tas.lexicon.SynonymRule``).
         noun: ``"head"`` or ``"first"`` (which noun of each phrase is compared).
         wordnet: an nltk WordNet reader, or ``None`` with ``rule.use_wordnet`` false.
+        tags: ``"coarse"``: nouns by spaCy's part of speech on the parse; ``"penn"``: the code's, the first
+            Penn ``N*`` tag of the phrase's NLTK tokens (``lexicon.phrase_noun_code``; ``noun`` is then
+            ignored).
     """
     nlp = get_nlp()
     first = noun == "first"
-    target = phrase_noun(nlp(noun_phrase), first=first) if noun_phrase.strip() else None
+    if tags == "penn":
+        target = phrase_noun_code(noun_phrase)
+    else:
+        target = phrase_noun(nlp(noun_phrase), first=first) if noun_phrase.strip() else None
     kept, excluded = [], []
     for chunk in nlp(caption).noun_chunks if caption.strip() else ():
         text = chunk.text.strip()
         if not text:
             continue
-        if near_synonyms(phrase_noun(chunk, first=first), target, rule, wordnet):
+        candidate = phrase_noun_code(text) if tags == "penn" else phrase_noun(chunk, first=first)
+        if near_synonyms(candidate, target, rule, wordnet):
             excluded.append(text)
         else:
             kept.append(text)
@@ -255,6 +280,26 @@ class TasPipeline(Pipeline):
             self.image_caption(ctx)
 
     # -- expression level ------------------------------------------------------------------------------
+    def noun_phrase(self, expression: str, parsed: Any) -> str:
+        """The target noun phrase: of the normalised parse (ours) or the code's (``noun_phrase_rule``)."""
+        if self.config.resolved_noun_phrase_rule == "code":
+            return target_noun_phrase(expression.lower())
+        return str(parsed.noun_phrase)
+
+    def negatives(
+        self, image_caption: str, expression: str, parsed: Any, wordnet: Any | None, rule: SynonymRule
+    ) -> NegativePhrases:
+        """The expression's negative phrases from the image caption (see :func:`negative_phrases`)."""
+        c = self.config
+        return negative_phrases(
+            image_caption,
+            self.noun_phrase(expression, parsed),
+            rule=rule,
+            noun=c.resolved_synonym_noun,
+            wordnet=wordnet,
+            tags=c.resolved_synonym_tags,
+        )
+
     def _predict(self, ctx: ImageContext, expressions: list[str]) -> list[list[Candidate]]:
         parsed = [parse_expression(e) for e in expressions]  # refuses an empty expression before model work
         proposals = self.proposals(ctx)
@@ -266,10 +311,8 @@ class TasPipeline(Pipeline):
         c = self.config
         wordnet, rule = self._wordnet()
         negatives = [
-            negative_phrases(
-                image_caption, p.noun_phrase, rule=rule, noun=c.resolved_synonym_noun, wordnet=wordnet
-            )
-            for p in parsed
+            self.negatives(image_caption, e, p, wordnet, rule)
+            for e, p in zip(expressions, parsed, strict=True)
         ]
         sentences = [e.strip().lower() for e in expressions]
         prompts = [[c.negative_template.format(chunk) for chunk in n.chunks] for n in negatives]
@@ -316,12 +359,22 @@ class TasPipeline(Pipeline):
             normalization=c.normalization,
             softmax=c.softmax,
             nan_guard=c.resolved_nan_guard,
+            precision=c.resolved_score_precision,
         )
         ordering = np.where(np.isnan(score), -np.inf, score)
         order = [int(i) for i in np.lexsort((np.arange(len(score)), -ordering))]
         best = int(np.argmax(score))  # the first maximum; the first NaN when scores are NaN (torch.argmax)
         fired, pick = False, best
-        if c.rectifier and centroids is not None:
+        if c.rectifier and centroids is not None and c.resolved_rectifier_rule == "code":
+            lowered = sentence.lower()
+            try:
+                result = code_rectify(
+                    sentence, entity_parse(lowered), target_noun_phrase(lowered), score, centroids, best
+                )
+                fired, pick = bool(result.branch), result.index
+            except RectifierError as exc:  # the code raises here; we keep the first choice
+                log.warning("%s; keeping the first choice", exc)
+        elif c.rectifier and centroids is not None:
             query = find_directions(
                 sentence,
                 c.resolved_vocabulary,

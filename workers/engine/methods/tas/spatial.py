@@ -23,9 +23,9 @@ Matching (``match``): ``"word"`` (ours) matches whole lower-case words, so "brig
 :data:`DEFAULT_VOCABULARY` adds the obvious missing words. The public code also skips the rectifier when
 the sentence ends with punctuation (a side effect of its entity parser, see ``skip_punctuated``).
 
-Not reproduced: the code fires the rectifier only when its ReClip-style entity parse (spaCy's transformer
-model, not installable here) finds superlatives or relations whose head is the target noun phrase; we fire
-it whenever a direction word is present. NaN scores (the public code's empty negative list) compare as
+This module is our rule (``rectifier_rule="directions"``): it fires whenever a direction word is present.
+The code's rule, gated by its ReClip-style entity parse, is ``workers.engine.methods.tas.rectifier``
+(``rectifier_rule="code"``, the default in ``peer_compat``). NaN scores (the public code's empty negative list) compare as
 in Python: a quadrant's first mask stands for it and the second quadrant of a half wins, as in the code.
 """
 

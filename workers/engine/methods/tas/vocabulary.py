@@ -43,3 +43,26 @@ def check_vocabulary(vocabulary: Mapping[str, Sequence[str]]) -> dict[str, tuple
             )
         clean[direction] = tuple(w.strip().lower() for w in words)
     return clean
+
+
+# The public code's entity-parse keywords (its ``heuristics.py``, after ReClip): relation words, superlative
+# words and "null" words, per relation. Used by ``workers.engine.methods.tas.parse`` and the code's rectifier
+# rule in ``workers.engine.methods.tas.rectifier``.
+CODE_RELATION_KEYWORDS: tuple[tuple[str, ...], ...] = (
+    ("left", "west"),
+    ("right", "east"),
+    ("above", "north", "top"),
+    ("below", "south", "under"),
+    ("bigger", "larger", "closer"),
+    ("smaller", "tinier", "further"),
+    ("inside", "within", "contained"),
+)
+CODE_SUPERLATIVE_KEYWORDS: tuple[tuple[str, ...], ...] = (
+    ("left", "west", "leftmost", "western"),
+    ("right", "rightmost", "east", "eastern"),
+    ("above", "north", "top"),
+    ("below", "south", "underneath"),
+    ("bigger", "biggest", "larger", "largest", "closer", "closest"),
+    ("smaller", "smallest", "tinier", "tiniest", "further", "furthest"),
+)
+CODE_NULL_KEYWORDS: tuple[str, ...] = ("part", "image", "side", "picture", "half", "region", "section")
