@@ -25,6 +25,25 @@ LOCKED_OUT = (
 )
 
 
+class RejectNulInQueryMiddleware:
+    """400 for a NUL character in a query parameter (PostgreSQL text cannot hold one; a filter on it was
+    a 500): JSON error shape under /api/, a plain page elsewhere."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        for key, values in request.GET.lists():
+            if "\x00" in key or any("\x00" in value for value in values):
+                message = f"Query parameter {key!r} contains a NUL character; remove it."
+                if request.path.startswith("/api/"):
+                    body, content_type = json.dumps({"error": message}), "application/json"
+                else:
+                    body, content_type = message, "text/plain; charset=utf-8"
+                return HttpResponse(body, status=400, content_type=content_type)
+        return self.get_response(request)
+
+
 class ContentSecurityPolicyMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

@@ -226,3 +226,10 @@ def test_a_bad_host_header_is_logged_in_one_line(caplog):
         one_line.filter(record)
         assert record.exc_info is None and "evil.example" in record.getMessage()
         assert "DisallowedHost" in record.getMessage()
+
+
+@pytest.mark.parametrize("path", ["/api/projects/", "/admin/ris/project/"])
+def test_a_nul_in_a_query_parameter_is_a_400(api_client, path):
+    response = api_client.get(path, {"q": "a\x00b"})
+    assert response.status_code == 400
+    assert b"NUL character" in response.content
