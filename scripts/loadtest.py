@@ -222,6 +222,24 @@ def server_start(
     raise SystemExit(f"gunicorn did not answer /healthz within 90 s:\n{log_path.read_text()[-3000:]}")
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (gunicorn's master and workers), from
+    /proc: the web side's CPU, whatever else the machine runs. 0.0 where /proc is not there."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        pids = [pid] + [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return 0.0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 # ------------------------------------------------------------------------------------------- clients
 
 
@@ -329,12 +347,20 @@ def _annotator(call: Any, image_id: int, index: int, stop_at: float) -> None:
 
 
 def run_load(
-    host: str, port: int, tokens: list[str], image_id: int, duration: float, pace: str = "closed"
+    host: str,
+    port: int,
+    tokens: list[str],
+    image_id: int,
+    duration: float,
+    pace: str = "closed",
+    on_start: Any = None,
 ) -> tuple[Tally, float]:
     tally = Tally()
     clock: dict[str, float] = {}
 
     def start_clock() -> None:  # run by one thread once all have arrived, before any goes on
+        if on_start is not None:
+            on_start()
         clock["started"] = time.monotonic()
         run.stop_at = clock["started"] + duration
 
@@ -383,7 +409,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"{kind:<20} {row['requests']:>9} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8}")
     if "load_average" in report:
         print(f"pace {report['pace']}, gunicorn conf {report['gunicorn_conf']}, {report['web_workers']} workers, "
-              f"load average at the end {report['load_average']}")  # fmt: skip
+              f"load average at the end {report['load_average']}; web CPU {report['web_cpu_s']} s, "
+              f"{report['web_cpu_ms_per_request']} ms per request")  # fmt: skip
     for sample in report["error_samples"]:
         print("error:", sample)
 
@@ -440,7 +467,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"gunicorn (RIS_ENV=production, {args.web_workers} workers) on 127.0.0.1:{port}; "
                   f"{args.clients} clients for {args.duration:g} s ...", flush=True)  # fmt: skip
-            tally, elapsed = run_load("127.0.0.1", port, tokens, image_id, args.duration, pace=args.pace)
+            cpu_at_start: list[float] = []
+            tally, elapsed = run_load(
+                "127.0.0.1",
+                port,
+                tokens,
+                image_id,
+                args.duration,
+                pace=args.pace,
+                on_start=lambda: cpu_at_start.append(process_tree_cpu_seconds(server.pid)),
+            )
+            web_cpu = process_tree_cpu_seconds(server.pid) - (cpu_at_start[0] if cpu_at_start else 0.0)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -455,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
                 "pace": args.pace,
                 "gunicorn_conf": args.gunicorn_conf,
                 "load_average": [round(value, 2) for value in os.getloadavg()],
+                "web_cpu_s": round(web_cpu, 2),
+                "web_cpu_ms_per_request": (
+                    round(1000 * web_cpu / report["all"]["requests"], 1)
+                    if report["all"]["requests"]
+                    else None
+                ),
             }
         )
     print_report(report)

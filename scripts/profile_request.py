@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_ms = (time.process_time() - started) * 1000 / args.requests
                 print(f"\n== {kind}: {cpu_ms:.1f} ms CPU per request (profiler on; {args.requests} requests)")
                 out = io.StringIO()
-                pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(args.top)
+                pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(args.top)
                 print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
         finally:
             job_ids = loadtest.fixtures_delete(run)

@@ -196,7 +196,7 @@ RIS_MAX_ZIP_UNCOMPRESSED_BYTES = env.int("RIS_MAX_ZIP_UNCOMPRESSED_BYTES", defau
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "server.ris.api.authentication.CachedTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -211,6 +211,8 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
 }
+# Seconds a token's user is kept in the cache (server.ris.api.authentication); 0 reads it on every request.
+RIS_TOKEN_CACHE_SECONDS = env.int("RIS_TOKEN_CACHE_SECONDS", default=30)
 # Deepest JSON nesting a request body or an uploaded JSON file may have (server.ris.jsonlimits).
 RIS_MAX_JSON_DEPTH = env.int("RIS_MAX_JSON_DEPTH", default=32)
 SPECTACULAR_SETTINGS = {
