@@ -8,7 +8,7 @@ token, under cProfile. Prints the CPU per request (process time, milliseconds) a
 cumulative time; cleans up what it made.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/ris_prof CELERY_BROKER_URL=redis://127.0.0.1:6379/5 \\
-        python scripts/profile_request.py --requests 200
+        python scripts/profile_request.py --requests 200   # PROFILE_SORT=tottime to sort by own time
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_ms = (time.process_time() - started) * 1000 / args.requests
                 print(f"\n== {kind}: {cpu_ms:.1f} ms CPU per request (profiler on; {args.requests} requests)")
                 out = io.StringIO()
-                pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(args.top)
+                pstats.Stats(profiler, stream=out).sort_stats(
+                    os.environ.get("PROFILE_SORT", "cumulative")
+                ).print_stats(args.top)
                 print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
         finally:
             job_ids = loadtest.fixtures_delete(run)
