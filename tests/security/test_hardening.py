@@ -213,8 +213,10 @@ def test_production_settings_default_to_hsts_csp_and_persistent_connections(monk
     assert out.stdout.split() == ["31536000", "True", "600", "False"]
 
 
-def test_a_bad_host_header_is_logged_in_one_line(caplog):
+def test_a_bad_host_header_is_logged_in_one_line(caplog, settings):
     from server.config.logfilters import ExpectedErrorsOneLine
+
+    assert "expected_errors" in settings.LOGGING["handlers"]["console"]["filters"]
 
     one_line = ExpectedErrorsOneLine()
     with caplog.at_level(logging.WARNING):
