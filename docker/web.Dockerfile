@@ -21,4 +21,4 @@ RUN DJANGO_SECRET_KEY=build-only-secret-build-only-secret-0000 python manage.py 
 USER ris
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD curl -fsS http://127.0.0.1:8000/healthz || exit 1
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn server.config.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_CONCURRENCY:-4} --timeout 60 --access-logfile -"]
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn server.config.wsgi:application -c server/config/gunicorn_conf.py"]

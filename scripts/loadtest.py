@@ -14,7 +14,16 @@ its job, sends the job to Redis) then three ``GET /api/jobs/{id}/``. Every answe
 every connection error, is an error. The run stops by itself after ``--duration`` seconds; afterwards the
 script deletes what it created (project, users, their jobs) and removes its messages from the broker.
 
-    python scripts/loadtest.py                      # 50 clients, 60 s
+With ``--pace annotator`` each client instead behaves like a person at the annotation page: it creates
+an expression every 20 s and polls its latest job every 2 s (start times spread over the first period),
+so the figures are latencies at a realistic request rate rather than the most the server can take.
+
+The server runs with ``server/config/gunicorn_conf.py`` (threaded workers, as the web image does);
+``--gunicorn-conf none`` runs it as the web image did before (sync workers, the old flags), for a
+baseline on older code.
+
+    python scripts/loadtest.py                      # 50 closed-loop clients, 60 s
+    python scripts/loadtest.py --pace annotator     # 50 annotators, 60 s
     python scripts/loadtest.py --clients 5 --duration 3 --json-out /tmp/load.json
 
 It prints p50/p95/p99 latency per request kind and overall, throughput and the errors, and exits 1 if
@@ -28,6 +37,7 @@ import http.client
 import io
 import json
 import os
+import random
 import secrets
 import socket
 import statistics
@@ -172,7 +182,9 @@ def broker_messages_remove(broker_url: str, job_ids: set[int]) -> int:
     return removed
 
 
-def server_start(port: int, workers: int, media_root: Path, log_path: Path) -> subprocess.Popen:
+def server_start(
+    port: int, workers: int, media_root: Path, log_path: Path, conf: str = "server/config/gunicorn_conf.py"
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "RIS_ENV": "production",
@@ -182,11 +194,16 @@ def server_start(port: int, workers: int, media_root: Path, log_path: Path) -> s
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
         "RIS_MEDIA_ROOT": str(media_root),
         "RIS_PREPARE_ON_UPLOAD": "false",
+        "WEB_CONCURRENCY": str(workers),
+        "WEB_BIND": f"127.0.0.1:{port}",
+        "WEB_ACCESS_LOG": "",
     }
     command = [
         sys.executable, "-m", "gunicorn", "server.config.wsgi:application", "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers), "--timeout", "60", "--keep-alive", "75", "--log-level", "warning",
     ]  # fmt: skip
+    if conf != "none":
+        command[3:4] = ["-c", conf, "server.config.wsgi:application"]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
@@ -205,6 +222,24 @@ def server_start(port: int, workers: int, media_root: Path, log_path: Path) -> s
     raise SystemExit(f"gunicorn did not answer /healthz within 90 s:\n{log_path.read_text()[-3000:]}")
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (gunicorn's master and workers), from
+    /proc: the web side's CPU, whatever else the machine runs. 0.0 where /proc is not there."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        pids = [pid] + [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return 0.0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 # ------------------------------------------------------------------------------------------- clients
 
 
@@ -215,6 +250,7 @@ class Run:
     tally: Tally
     start: threading.Barrier
     stop_at: float = 0.0
+    pace: str = "closed"
 
 
 def client_loop(host: str, port: int, token: str, image_id: int, run: Run, index: int) -> None:
@@ -246,6 +282,10 @@ def client_loop(host: str, port: int, token: str, image_id: int, run: Run, index
     call("warm-up", "GET", "/api/pipelines/", None, 200)
     run.start.wait(timeout=300)  # all clients warmed up: the clock starts
     stop_at = run.stop_at
+    if run.pace == "annotator":
+        _annotator(call, image_id, index, stop_at)
+        connection.close()
+        return
     while time.monotonic() < stop_at:
         sequence += 1
         text = f"the object number {sequence} seen by client {index}".encode()
@@ -266,15 +306,65 @@ def client_loop(host: str, port: int, token: str, image_id: int, run: Run, index
     connection.close()
 
 
-def run_load(host: str, port: int, tokens: list[str], image_id: int, duration: float) -> tuple[Tally, float]:
+CREATE_EVERY_S = 20.0
+POLL_EVERY_S = 2.0
+
+
+def _annotator(call: Any, image_id: int, index: int, stop_at: float) -> None:
+    """A person's pace: an expression every ``CREATE_EVERY_S``, a poll of its job every ``POLL_EVERY_S``.
+
+    The first creation is at a random point of the first period (clients spread out, as people do);
+    a late answer does not shift the schedule (the next request goes at its planned time, or at once).
+    """
+    rng = random.Random(index)
+    start = time.monotonic()
+    next_create = start + rng.uniform(0, CREATE_EVERY_S)
+    next_poll = float("inf")
+    job_id: int | None = None
+    sequence = 0
+    while True:
+        due = min(next_create, next_poll)
+        if due >= stop_at:
+            return
+        time.sleep(max(0.0, due - time.monotonic()))
+        if due == next_create:
+            sequence += 1
+            text = f"the object number {sequence} seen by annotator {index}".encode()
+            created = call(
+                "create expression",
+                "POST",
+                f"/api/images/{image_id}/expressions/",
+                b'{"text": "' + text + b'"}',
+                201,
+            )
+            next_create += CREATE_EVERY_S
+            if created is not None:
+                job_id = created["job"]["id"]
+                next_poll = time.monotonic() + POLL_EVERY_S
+        else:
+            call("poll job", "GET", f"/api/jobs/{job_id}/", None, 200)
+            next_poll += POLL_EVERY_S
+
+
+def run_load(
+    host: str,
+    port: int,
+    tokens: list[str],
+    image_id: int,
+    duration: float,
+    pace: str = "closed",
+    on_start: Any = None,
+) -> tuple[Tally, float]:
     tally = Tally()
     clock: dict[str, float] = {}
 
     def start_clock() -> None:  # run by one thread once all have arrived, before any goes on
+        if on_start is not None:
+            on_start()
         clock["started"] = time.monotonic()
         run.stop_at = clock["started"] + duration
 
-    run = Run(tally=tally, start=threading.Barrier(len(tokens), action=start_clock))
+    run = Run(tally=tally, start=threading.Barrier(len(tokens), action=start_clock), pace=pace)
     threads = [
         threading.Thread(target=client_loop, args=(host, port, token, image_id, run, i), daemon=True)
         for i, token in enumerate(tokens)
@@ -317,6 +407,10 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"{'kind':<20} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for kind, row in [*report["by_kind"].items(), ("all", report["all"])]:
         print(f"{kind:<20} {row['requests']:>9} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8}")
+    if "load_average" in report:
+        print(f"pace {report['pace']}, gunicorn conf {report['gunicorn_conf']}, {report['web_workers']} workers, "
+              f"load average at the end {report['load_average']}; web CPU {report['web_cpu_s']} s, "
+              f"{report['web_cpu_ms_per_request']} ms per request")  # fmt: skip
     for sample in report["error_samples"]:
         print("error:", sample)
 
@@ -331,6 +425,18 @@ def main(argv: list[str] | None = None) -> int:
         "--web-workers", type=int, default=2 * (os.cpu_count() or 1) + 1, help="gunicorn workers"
     )
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--pace",
+        choices=["closed", "annotator"],
+        default="closed",
+        help="closed: each client sends its next request as soon as the last is answered; annotator: an "
+        f"expression every {CREATE_EVERY_S:g} s and a poll every {POLL_EVERY_S:g} s per client",
+    )
+    parser.add_argument(
+        "--gunicorn-conf",
+        default="server/config/gunicorn_conf.py",
+        help="gunicorn config file; 'none' for the old flags (sync workers), to measure older code",
+    )
     args = parser.parse_args(argv)
     if args.clients < 1 or args.duration <= 0:
         parser.error("--clients must be at least 1 and --duration positive")
@@ -355,11 +461,23 @@ def main(argv: list[str] | None = None) -> int:
         django_setup(media_root)
         image_id, tokens, _ = fixtures_create(args.clients, run)
         port = free_port()
-        server = server_start(port, args.web_workers, media_root, Path(scratch) / "gunicorn.log")
+        server = server_start(
+            port, args.web_workers, media_root, Path(scratch) / "gunicorn.log", conf=args.gunicorn_conf
+        )
         try:
             print(f"gunicorn (RIS_ENV=production, {args.web_workers} workers) on 127.0.0.1:{port}; "
                   f"{args.clients} clients for {args.duration:g} s ...", flush=True)  # fmt: skip
-            tally, elapsed = run_load("127.0.0.1", port, tokens, image_id, args.duration)
+            cpu_at_start: list[float] = []
+            tally, elapsed = run_load(
+                "127.0.0.1",
+                port,
+                tokens,
+                image_id,
+                args.duration,
+                pace=args.pace,
+                on_start=lambda: cpu_at_start.append(process_tree_cpu_seconds(server.pid)),
+            )
+            web_cpu = process_tree_cpu_seconds(server.pid) - (cpu_at_start[0] if cpu_at_start else 0.0)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -367,7 +485,20 @@ def main(argv: list[str] | None = None) -> int:
             removed = broker_messages_remove(broker_url, set(job_ids))
         report = summarise(tally, elapsed, args.clients)
         report.update(
-            {"web_workers": args.web_workers, "cpu_count": os.cpu_count(), "broker_messages_removed": removed}
+            {
+                "web_workers": args.web_workers,
+                "cpu_count": os.cpu_count(),
+                "broker_messages_removed": removed,
+                "pace": args.pace,
+                "gunicorn_conf": args.gunicorn_conf,
+                "load_average": [round(value, 2) for value in os.getloadavg()],
+                "web_cpu_s": round(web_cpu, 2),
+                "web_cpu_ms_per_request": (
+                    round(1000 * web_cpu / report["all"]["requests"], 1)
+                    if report["all"]["requests"]
+                    else None
+                ),
+            }
         )
     print_report(report)
     if args.json_out is not None:

@@ -9,6 +9,7 @@ Embedded default: SQLite and kombu's filesystem broker under ``var/``; with ``DA
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 
 import environ
 
@@ -40,6 +41,22 @@ if RIS_ENV == "production":
     SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
+# Browsers keep to HTTPS for this long once they saw the header over HTTPS (SecurityMiddleware sends it on
+# secure requests only, so a plain-HTTP deployment is unaffected). Behind a TLS proxy set
+# DJANGO_TRUST_X_FORWARDED_PROTO so Django sees those requests as secure.
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31_536_000 if RIS_ENV == "production" else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=False)
+if env.bool("DJANGO_TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Content-Security-Policy of every response (server.config.security): the pages load scripts, styles and
+# images from this origin only, and JSON from this origin only. Empty turns the header off.
+RIS_CSP_DEFAULT = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+RIS_CSP = env.str("RIS_CSP", default=RIS_CSP_DEFAULT if RIS_ENV == "production" else "")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -50,6 +67,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "axes",
     "server.ris",
     "server.benchmarks",
     "server.web",
@@ -63,12 +81,30 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "server.config.security.RejectNulInQueryMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "server.ris.middleware.DatabaseUnavailableMiddleware",
+    "server.config.security.ContentSecurityPolicyMiddleware",
+    # Last: turns a sign-in refused for too many wrong passwords into a 429 (server.config.security).
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Wrong passwords (sign-in page, admin, token endpoint) are counted per account and per address by
+# django-axes; after RIS_SIGNIN_FAILURE_LIMIT of either, sign-in is refused for RIS_SIGNIN_COOLOFF_MINUTES
+# (429), even with the right password. A successful sign-in clears that account's count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("RIS_SIGNIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("RIS_SIGNIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "server.config.security.lockout_response"
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "server.config.urls"
 WSGI_APPLICATION = "server.config.wsgi.application"
@@ -92,7 +128,12 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
 }
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=0))
+# Persistent connections in production (a new PostgreSQL connection costs more CPU than a short request);
+# health checks drop a connection the server closed before a request uses it.
+DATABASES["default"].setdefault(
+    "CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=600 if RIS_ENV == "production" else 0)
+)
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Web server and worker share the file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
@@ -133,6 +174,15 @@ STORAGES = {
 AWS_STORAGE_BUCKET_NAME = env.str("RIS_S3_BUCKET", default="")
 AWS_S3_ENDPOINT_URL = env.str("RIS_S3_ENDPOINT_URL", default=None)
 
+# Mail: EMAIL_URL (an smtp://, smtp+tls:// or consolemail:// URL, see django-environ) turns on password reset;
+# without it the reset pages do not exist (nothing could be sent).
+if env.str("EMAIL_URL", default=""):
+    vars().update(env.email_url("EMAIL_URL"))
+    DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+    RIS_PASSWORD_RESET = True
+else:
+    RIS_PASSWORD_RESET = False
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -150,7 +200,7 @@ RIS_MAX_ZIP_UNCOMPRESSED_BYTES = env.int("RIS_MAX_ZIP_UNCOMPRESSED_BYTES", defau
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "server.ris.api.authentication.CachedTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -159,7 +209,16 @@ REST_FRAMEWORK = {
         "refine": env.str("RIS_REFINE_RATE", default="240/minute"),
     },
     "EXCEPTION_HANDLER": "server.ris.api.errors.exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "server.ris.api.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
+# Seconds a token's user is kept in the cache (server.ris.api.authentication); 0 reads it on every request.
+RIS_TOKEN_CACHE_SECONDS = env.int("RIS_TOKEN_CACHE_SECONDS", default=30)
+# Deepest JSON nesting a request body or an uploaded JSON file may have (server.ris.jsonlimits).
+RIS_MAX_JSON_DEPTH = env.int("RIS_MAX_JSON_DEPTH", default=32)
 SPECTACULAR_SETTINGS = {
     "TITLE": "RIS annotate API",
     "DESCRIPTION": "Upload images, ask referring expressions, read ranked candidate masks (COCO RLE), review.",
@@ -231,7 +290,9 @@ RIS_CANDIDATES_KEPT = env.int("RIS_CANDIDATES_KEPT", default=10)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Expected refusals (a bad Host header, a malformed request) are one line each, no traceback.
+    "filters": {"expected_errors": {"()": "server.config.logfilters.ExpectedErrorsOneLine"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["expected_errors"]}},
     "root": {"handlers": ["console"], "level": env.str("RIS_LOG_LEVEL", default="INFO")},
     # The hub client's HTTP library logs every request at INFO; model downloads show a progress bar instead.
     "loggers": {"httpx2": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},

@@ -9,12 +9,14 @@ are left to the worker, which verifies before loading). The web process never im
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from workers.engine.core.errors import ConfigError, ModelStoreError
 from workers.engine.methods.catalogue import pipeline_catalogue
 from workers.engine.store.manifest import ModelStore
+from workers.engine.store.profiles import target_profile
 
 
 def _present(store: ModelStore, name: str) -> bool:
@@ -29,10 +31,13 @@ def _present(store: ModelStore, name: str) -> bool:
     return all((folder / rel).is_file() for rel in entry.files)
 
 
-def pipeline_list(*, profile: str, model_dir: Path | str) -> list[dict[str, Any]]:
+def pipeline_list(*, profile: str, model_dir: Path | str, device: str = "auto") -> list[dict[str, Any]]:
     """Every pipeline, sorted by name, with ``needs``, ``models`` (``[{"key", "name", "present"}]``) and
-    ``models_present`` (all of them present). A pipeline whose default config cannot be resolved lists no
-    model and ``models_present: false``."""
+    ``models_present`` (all of them present). ``auto`` lists the models of the set it wants on this machine
+    (``paper`` with a GPU, ``cpu`` without; ``device`` as ``RIS_DEVICE``). A pipeline whose default config
+    cannot be resolved lists no model and ``models_present: false``."""
+    with contextlib.suppress(ConfigError):  # an unknown profile: every pipeline lists no model, below
+        profile = target_profile(profile, device)
     store = ModelStore(model_dir)
     seen: dict[str, bool] = {}
     out = []

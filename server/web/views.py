@@ -14,12 +14,13 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import render
 from django.utils.text import slugify
 from rest_framework import status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from server.ris.api.parsers import BoundedJSONParser
 from server.ris.errors import InvalidInput, ObjectNotFound
 from server.ris.models import Image
 from server.ris.selectors import expression_get, image_get, project_get, project_list_for_user
@@ -105,7 +106,8 @@ def review_page(request: HttpRequest, project_id: int) -> HttpResponse:
     context: dict[str, Any] = {"project": project, "categories": list(project.categories or [])}
     for key, name in (("expression", "start_expression"), ("image", "start_image")):
         value = request.GET.get(key, "")
-        context[name] = int(value) if value.isdigit() else ""
+        # ASCII digits only: str.isdigit() is also true of "²" and "٣", which int() refuses or reads.
+        context[name] = int(value) if value.isascii() and value.isdigit() and len(value) < 19 else ""
     return render(request, "web/review.html", context)
 
 
@@ -120,7 +122,7 @@ def pipelines_page(request: HttpRequest) -> HttpResponse:
     from server.ris.pipeline_selectors import pipeline_list
 
     engine = settings.RIS_ENGINE
-    pipelines = pipeline_list(profile=engine.profile, model_dir=engine.model_dir)
+    pipelines = pipeline_list(profile=engine.profile, model_dir=engine.model_dir, device=engine.device)
     return render(request, "web/pipelines.html", {"pipelines": pipelines, "profile": engine.profile})
 
 
@@ -164,7 +166,7 @@ class ReviewCheckApi(APIView):
 
     schema = None  # page-support endpoint: not part of the public API schema
 
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
     def post(self, request: Request, review_id: int) -> Response:
         review = review_get(user=request.user, review_id=review_id)
@@ -183,7 +185,7 @@ class AssignImagesApi(APIView):
 
     schema = None  # page-support endpoint: not part of the public API schema
 
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
     def post(self, request: Request, project_id: int) -> Response:
         project = project_get(user=request.user, project_id=project_id)
@@ -317,7 +319,7 @@ class ExpressionCategoryApi(APIView):
 
     schema = None  # page-support endpoint: not part of the public API schema
 
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
 
     def post(self, request: Request, expression_id: int) -> Response:
         expression = expression_get(user=request.user, expression_id=expression_id)
@@ -347,7 +349,7 @@ class RefineCreateApi(APIView):
 
     schema = None  # page-support endpoint: not part of the public API schema
 
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "refine"
 

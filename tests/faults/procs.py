@@ -60,6 +60,64 @@ def wait_until(
         time.sleep(interval)
 
 
+# A loaded machine (the suite beside two CPU-bound processes, load average 8-11) slows every step several
+# times over; a wait ends in failure only when nothing moved for STALL_S, or after CEILING_S in all.
+STALL_S = 300.0
+CEILING_S = 1800.0
+
+
+def logs_fingerprint(logs: Iterable[Path]) -> tuple[int, ...]:
+    """Sizes of the log files: a process that logs is making progress."""
+    sizes = []
+    for path in logs:
+        try:
+            sizes.append(path.stat().st_size)
+        except FileNotFoundError:
+            sizes.append(-1)
+    return tuple(sizes)
+
+
+def wait_while_progressing(
+    check: Callable[[], T | None],
+    *,
+    progress: Callable[[], object],
+    what: str,
+    logs: Iterable[Path] = (),
+    stall: float = STALL_S,
+    ceiling: float = CEILING_S,
+    interval: float = 0.2,
+) -> T:
+    """Poll ``check`` until it returns something truthy, for as long as the work visibly moves.
+
+    ``progress()`` returns any comparable snapshot of observable progress (a job's state, progress and
+    heartbeat; the logs' sizes are added here). The wait fails when the snapshot has not changed for
+    ``stall`` seconds, or after ``ceiling`` seconds whatever happens, naming ``what``, how long it waited
+    and the logs' tails. No fixed short timeout: a slow machine only makes it wait longer.
+    """
+    logs = list(logs)
+    started = time.monotonic()
+    last_change = started
+    last = (progress(), logs_fingerprint(logs))
+    while True:
+        value = check()
+        if value:
+            return value
+        now = time.monotonic()
+        snapshot = (progress(), logs_fingerprint(logs))
+        if snapshot != last:
+            last, last_change = snapshot, now
+        if now - last_change > stall or now - started > ceiling:
+            tails = "\n".join(f"--- {path.name}\n{log_tail(path)}" for path in logs)
+            reason = (
+                f"nothing moved for {now - last_change:.0f} s" if now - last_change > stall else "ceiling"
+            )
+            raise AssertionError(
+                f"gave up after {now - started:.0f} s ({reason}) waiting for {what}; last progress {last[0]!r}\n"
+                f"{tails}"
+            )
+        time.sleep(interval)
+
+
 def log_tail(path: Path, chars: int = 5000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -98,7 +156,7 @@ class PrivateRedis:
             "--dir", str(self.workdir), "--logfile", str(self.log_path),
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self.ping, timeout=30, what=f"redis-server on port {self.port}", logs=[self.log_path])
+        wait_until(self.ping, timeout=300, what=f"redis-server on port {self.port}", logs=[self.log_path])
 
     def ping(self) -> bool:
         import redis
@@ -261,7 +319,7 @@ class CeleryProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 900) -> None:
         def ready() -> bool:
             if not self.alive():
                 raise AssertionError(

@@ -48,6 +48,7 @@ from tests.faults.procs import (
     database_url,
     free_port,
     wait_until,
+    wait_while_progressing,
 )
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -61,7 +62,6 @@ QUICK = {
     "amg": {"points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
     "features": {"shorter_side": 224},
 }
-JOB_TIMEOUT_S = 240
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -195,12 +195,30 @@ def job_row(job_id: int):
     return SegmentationJob.objects.get(pk=job_id)
 
 
-def wait_for_jobs(fleet: Fleet, job_ids: list[int], states=FINISHED, timeout: float = JOB_TIMEOUT_S) -> list:
+def jobs_progress(job_ids: list[int]) -> list[tuple]:
+    """What a job shows while it moves: state, progress, attempts, heartbeat, worker."""
+    from server.ris.models import SegmentationJob
+
+    return list(
+        SegmentationJob.objects.filter(pk__in=job_ids)
+        .order_by("pk")
+        .values_list("state", "progress", "attempts", "heartbeat_at", "worker")
+    )
+
+
+def wait_for_jobs(fleet: Fleet, job_ids: list[int], states=FINISHED) -> list:
+    """Wait until every job is in ``states``, for as long as the jobs or the workers' logs move."""
+
     def done():
         rows = [job_row(job_id) for job_id in job_ids]
         return rows if all(row.state in states for row in rows) else None
 
-    return wait_until(done, timeout=timeout, what=f"jobs {job_ids} to reach {states}", logs=fleet.log_paths())
+    return wait_while_progressing(
+        done,
+        progress=lambda: jobs_progress(job_ids),
+        what=f"jobs {job_ids} to reach {states}",
+        logs=fleet.log_paths(),
+    )
 
 
 def assert_candidates_written_once(job_id: int, height: int = PHOTO_SIDE, width: int = PHOTO_SIDE) -> list:
@@ -267,7 +285,13 @@ def test_worker_killed_mid_job_is_finished_once_by_another(fleet, api_client, pr
         )
         return job if job.state == "running" and job.progress >= 0.1 else None
 
-    running = wait_until(in_the_engine, timeout=120, what=f"job {job_id} to run", interval=0.05)
+    running = wait_while_progressing(
+        in_the_engine,
+        progress=lambda: jobs_progress([job_id]),
+        what=f"job {job_id} to run",
+        logs=fleet.log_paths(),
+        interval=0.05,
+    )
     victim = fleet.worker_of(running)
     victim.kill()
     killed = job_row(job_id)
@@ -336,27 +360,33 @@ def test_cancel_a_queued_and_a_running_job(fleet, api_client, project, photo_jpe
             )
         return all(row.state == "running" and row.progress >= 0.1 for row in rows)
 
-    wait_until(both_workers_busy, timeout=120, what="two jobs running", logs=fleet.log_paths(), interval=0.05)
+    wait_while_progressing(
+        both_workers_busy,
+        progress=lambda: jobs_progress([first, second]),
+        what="two jobs running",
+        logs=fleet.log_paths(),
+        interval=0.05,
+    )
     assert job_row(waiting).state == "queued"
     cancelled = api_client.post(f"/api/jobs/{waiting}/cancel/")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
 
     running = api_client.post(f"/api/jobs/{first}/cancel/")
     assert running.status_code == 200 and running.json()["state"] == "cancelled", running.json()
-    wait_until(
+    wait_while_progressing(
         lambda: (
             f"Job {first} is no longer running under this attempt (cancelled, expired or taken over); "
             "its result will not be written" in fleet.all_logs()
         ),
-        timeout=120,
+        progress=lambda: jobs_progress([first, second]),
         what=f"the worker to notice that job {first} was cancelled",
         logs=fleet.log_paths(),
     )
     (other,) = wait_for_jobs(fleet, [second])
     assert other.state == "succeeded", other.error
-    wait_until(
+    wait_while_progressing(
         lambda: f"Job {waiting} is not claimable" in fleet.all_logs(),
-        timeout=120,
+        progress=lambda: jobs_progress([waiting]),
         what=f"a worker to receive cancelled job {waiting} and skip it",
         logs=fleet.log_paths(),
     )
@@ -412,9 +442,14 @@ def test_lost_refine_request_and_benchmark_shard_are_run_again_by_live_workers(
             rows if rows[0].state in ("succeeded", "failed") and rows[1].state in ("done", "failed") else None
         )
 
-    refined, ran = wait_until(
+    def both_progress():
+        refine_row = RefineRequest.objects.filter(pk=refine.pk).values_list("state", "attempts", "worker")
+        shard_row = BenchmarkShard.objects.filter(pk=shard.pk).values()
+        return list(refine_row), [tuple(row.values()) for row in shard_row]
+
+    refined, ran = wait_while_progressing(
         both_finished,
-        timeout=JOB_TIMEOUT_S,
+        progress=both_progress,
         what="the lost refine and shard to finish",
         logs=fleet.log_paths(),
     )
@@ -466,7 +501,7 @@ def web_server(fleet: Fleet) -> Iterator[str]:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _http_ok(f"{base}/healthz"), timeout=60, what="gunicorn", logs=[log_path])
+        wait_until(lambda: _http_ok(f"{base}/healthz"), timeout=600, what="gunicorn", logs=[log_path])
         yield base
     finally:
         process.terminate()
@@ -511,16 +546,16 @@ def test_database_unreachable_web_answers_503_and_workers_back_off(
             )
         job_id = expression.jobs.get().pk
         assert job_dispatch(job_id=job_id)
-        wait_until(
+        wait_while_progressing(
             lambda: "Retry in 2.0s" in fleet.all_logs() and "Retry in 4.0s" in fleet.all_logs(),
-            timeout=90,
+            progress=lambda: jobs_progress([job_id]),
             what="the worker to retry with backoff (2 s, then 4 s)",
             logs=fleet.log_paths(),
         )
         assert job_row(job_id).state == "queued"
     finally:
         fleet.proxy.open()
-    (job,) = wait_for_jobs(fleet, [job_id], timeout=120)
+    (job,) = wait_for_jobs(fleet, [job_id])
     assert job.state == "succeeded" and job.attempts == 1, (job.state, job.error)
     assert _http(f"{web_server}/healthz")[0] == 200
     assert "OperationalError" in fleet.all_logs()

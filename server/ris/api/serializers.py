@@ -16,6 +16,23 @@ from server.ris.selectors import IMAGE_STATUSES
 # -- shared shapes ------------------------------------------------------------------------------------
 
 
+class AsciiIntegerField(serializers.IntegerField):
+    """An integer written in ASCII digits (an optional leading minus): "²" or "٣" are refused, not read.
+
+    For query parameters, where text arrives; ``int()`` alone accepts other scripts' digits and "1_000".
+    """
+
+    default_error_messages = {"invalid": "A whole number in ASCII digits (0-9) is required."}
+
+    def to_internal_value(self, data: object) -> int:
+        if isinstance(data, str):
+            text = data.strip()
+            digits = text[1:] if text.startswith("-") else text
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+                self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class RleSerializer(serializers.Serializer):
     size = serializers.ListField(child=serializers.IntegerField(), min_length=2, max_length=2)
     counts = serializers.CharField(trim_whitespace=False)
@@ -70,7 +87,7 @@ class ImageListFilterInput(serializers.Serializer):
 
 
 class ImageFileQueryInput(serializers.Serializer):
-    max_side = serializers.IntegerField(required=False, min_value=16, max_value=16384)
+    max_side = AsciiIntegerField(required=False, min_value=16, max_value=16384)
 
 
 class ImageUploadInput(serializers.Serializer):

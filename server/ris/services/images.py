@@ -275,10 +275,17 @@ def _zip_members(archive_name: str, data: bytes) -> Iterator[tuple[str, bytes | 
         if not files:
             yield archive_name, None, f"{archive_name} is an empty archive"
             return
-        for info in files:
+        usable = [info for info in files if not _is_noise(info.filename)]
+        if not usable:
+            yield (
+                archive_name,
+                None,
+                f"{archive_name} holds only files that are skipped ({len(files):,} in __MACOSX/ or hidden "
+                "dot-files); put the images at the archive's top level or in ordinary folders",
+            )
+            return
+        for info in usable:
             display = f"{archive_name}/{info.filename}"
-            if _is_noise(info.filename):
-                continue
             problem = _member_problem(info, max_bytes)
             if problem is not None:
                 yield display, None, f"{display} {problem}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 
 from server.ris.errors import InvalidInput, RisError
+from server.ris.jsonlimits import JsonTooDeep, loads_bounded
 from server.ris.models import Image, Project
 from server.ris.services import expression_create
 
@@ -87,8 +87,10 @@ def _rows_from_csv(text: str, name: str) -> Iterator[BulkRow]:
 
 def _rows_from_json(text: str, name: str) -> Iterator[BulkRow]:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
+        data = loads_bounded(text)
+    except JsonTooDeep as error:
+        raise InvalidInput(f"{name}: {error}") from None
+    except ValueError as error:
         raise InvalidInput(f"{name} is not valid JSON: {error}.") from None
     if isinstance(data, Mapping):
         data = data.get("expressions", data.get("items"))

@@ -102,6 +102,7 @@ class ProjectImagesApi(APIView):
             {"images": images, "rejected": [{"name": r.name, "error": r.error} for r in rejected]}
         ).data
         if not images:
-            body = {"error": "No file could be stored: " + rejected[0].error, "details": {}, **body}
+            reason = rejected[0].error if rejected else "the upload held no image"
+            body = {"error": "No file could be stored: " + reason, "details": {}, **body}
             return Response(body, status=status.HTTP_400_BAD_REQUEST)
         return Response(body, status=status.HTTP_201_CREATED)
