@@ -35,7 +35,7 @@ def test_auto_is_the_paper_set_with_a_gpu_and_the_cpu_set_without(
 
 def test_the_cpu_set_is_laptop_size_and_real() -> None:
     assert profile_models("cpu") == [
-        "mobile_sam", "clip_vit_b_16", "smolvlm_256m", "sd_1_5", "blip_base", "spacy_en"
+        "mobile_sam", "clip_vit_b_16", "sam3", "qwen2_5_vl_3b", "smolvlm_256m", "sd_1_5", "blip_base", "spacy_en"
     ]  # fmt: skip
     assert {"sam_vit_h", "clip_vit_b_32", "blip2_opt_2_7b", "llava_1_5_7b"} <= set(profile_models("paper"))
     with pytest.raises(ConfigError, match="resolve it"):
