@@ -88,3 +88,25 @@ def shard_configs(*, run: BenchmarkRun) -> dict[str, dict[str, Any]]:
                 )
             configs[pipeline] = config
     return configs
+
+
+def worker_rates(*, run: BenchmarkRun) -> dict[str, dict[str, Any]]:
+    """Per worker, from its finished shards: (sentence, pipeline) pairs done, seconds and the rate.
+
+    ``{"worker@host": {"shards": 2, "sentences": 140, "seconds": 61.2, "sentences_per_second": 2.29}}``;
+    a shard's seconds run from its claim (``started_at``) to ``finished_at``. Workers with no finished shard
+    are not listed yet.
+    """
+    per_pipeline = max(len(run.pipelines or []), 1)
+    rates: dict[str, dict[str, Any]] = {}
+    done = BenchmarkShard.objects.filter(
+        run=run, state=BenchmarkShard.State.DONE, started_at__isnull=False, finished_at__isnull=False
+    ).order_by("index")
+    for shard in done:
+        entry = rates.setdefault(shard.worker or "?", {"shards": 0, "sentences": 0, "seconds": 0.0})
+        entry["shards"] += 1
+        entry["sentences"] += shard.n_sentences * per_pipeline
+        entry["seconds"] += max((shard.finished_at - shard.started_at).total_seconds(), 0.0)
+    for entry in rates.values():
+        entry["sentences_per_second"] = entry["sentences"] / entry["seconds"] if entry["seconds"] > 0 else 0.0
+    return rates

@@ -44,6 +44,7 @@ class ColourOracleEngine:
         pipeline: str,
         config: Mapping | None = None,
         top_k: int | None = None,
+        isolated: bool = False,
     ) -> Prediction:
         self.calls.append((image.sha256, len(expressions), pipeline))
         with self.meter.model_call("oracle_image_model"):

@@ -31,6 +31,7 @@ from workers.engine.core.cache import FeatureCache, ImageContext, cache_params
 from workers.engine.core.config import config_hash
 from workers.engine.core.errors import BadInputError, ModelStoreError
 from workers.engine.core.meter import Meter
+from workers.engine.core.precision import autocast_context
 from workers.engine.core.settings import EngineSettings
 from workers.engine.core.types import Candidate, ImageInput
 from workers.engine.hub import ModelHub
@@ -154,8 +155,13 @@ class Engine:
         pipeline: str,
         config: Mapping[str, Any] | None = None,
         top_k: int | None = None,
+        isolated: bool = False,
     ) -> Prediction:
         """Rank ``image``'s masks for each expression with ``pipeline`` under ``config`` (overrides).
+
+        ``isolated=True`` does the image-level work afresh in a throwaway in-memory cache, neither reading
+        nor filling the engine's cache: the peers' per-ref schedule, for cost measurements only
+        (``manage.py benchmark --schedule per-ref``).
 
         Raises:
             BadInputError: a single string instead of a list, an empty expression, or ``top_k < 1``.
@@ -166,9 +172,14 @@ class Engine:
         if top_k is not None and top_k < 1:
             raise BadInputError(f"top_k must be a positive number of candidates, got {top_k}")
         ctx = self.context(image)
+        if isolated:
+            ctx = ImageContext(
+                image=image, cache=FeatureCache(memory_bytes=self.cache.memory_bytes), meter=self.meter
+            )
         built = self.pipeline(pipeline, config)
         self.check_models(built.config)
-        with self.meter.stage(f"predict:{pipeline}"):
+        autocast = autocast_context(self.settings.autocast, getattr(self.hub, "device", "cpu"), built.config)
+        with self.meter.stage(f"predict:{pipeline}"), autocast:
             results = built.predict(ctx, list(expressions))
         if top_k is not None:
             results = [ranked[:top_k] for ranked in results]
@@ -179,7 +190,8 @@ class Engine:
         ctx = self.context(image)
         built = self.pipeline(pipeline, config)
         self.check_models(built.config)
-        with self.meter.stage(f"prepare:{pipeline}"):
+        autocast = autocast_context(self.settings.autocast, getattr(self.hub, "device", "cpu"), built.config)
+        with self.meter.stage(f"prepare:{pipeline}"), autocast:
             built.prepare(ctx)
 
     # -- refine -------------------------------------------------------------------------------------

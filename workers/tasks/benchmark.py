@@ -58,6 +58,7 @@ def _run_shard(work: Work) -> str:
         done=selectors.sentence_results_done(run=run),
         skip_missing=spec.skip_missing,
         on_results=store,
+        schedule=spec.schedule,
     )
     missing = [
         {"image_id": m.image_id, "path": m.path, "sent_ids": list(m.sent_ids)} for m in outcome.missing_images

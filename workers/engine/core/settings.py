@@ -81,6 +81,8 @@ class EngineSettings:
             see ``workers.engine.store.profiles``), ``paper``, ``cpu`` or ``tiny``.
         model_memory_budget_mb: loaded models' parameter bytes cap (``$RIS_MODEL_MEMORY_MB``).
         cache_memory_mb: the in-memory cache's cap (``$RIS_CACHE_MEMORY_MB``).
+        autocast: mixed precision on CUDA, ``off`` / ``bf16`` / ``fp16`` (``$RIS_AUTOCAST``; see
+            :mod:`workers.engine.core.precision`).
     """
 
     model_dir: Path
@@ -89,10 +91,13 @@ class EngineSettings:
     profile: str = "auto"
     model_memory_budget_mb: int = 8192
     cache_memory_mb: int = 1024
+    autocast: str = "off"
 
     def __post_init__(self) -> None:
         from workers.engine.store.catalogue import profile_names
 
+        if self.autocast not in ("off", "bf16", "fp16"):
+            raise ConfigError(f"RIS_AUTOCAST must be off, bf16 or fp16, got {self.autocast!r}")
         if self.profile not in profile_names():
             raise ConfigError(f"model profile {self.profile!r} is not one of {', '.join(profile_names())}")
         if self.model_memory_budget_mb <= 0 or self.cache_memory_mb < 0:
@@ -101,7 +106,7 @@ class EngineSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EngineSettings:
         """Settings from ``RIS_MODEL_DIR``, ``RIS_CACHE_DIR``, ``RIS_DEVICE``, ``RIS_MODEL_PROFILE``,
-        ``RIS_MODEL_MEMORY_MB`` and ``RIS_CACHE_MEMORY_MB`` (see the attributes).
+        ``RIS_MODEL_MEMORY_MB``, ``RIS_CACHE_MEMORY_MB`` and ``RIS_AUTOCAST`` (see the attributes).
 
         Raises:
             ConfigError: naming the variable with a bad value.
@@ -118,6 +123,7 @@ class EngineSettings:
             profile=env.get("RIS_MODEL_PROFILE", "auto").strip() or "auto",
             model_memory_budget_mb=env_positive_int(env, "RIS_MODEL_MEMORY_MB", 8192),
             cache_memory_mb=env_positive_int(env, "RIS_CACHE_MEMORY_MB", 1024),
+            autocast=(env.get("RIS_AUTOCAST", "off") or "off").lower(),
         )
 
     def replace(self, **changes: Any) -> EngineSettings:

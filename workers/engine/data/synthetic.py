@@ -19,6 +19,11 @@ Every image carries several refs, each with two or three sentences, and the refs
 over all splits of a refs file (unlike real RefCOCO, where splits are disjoint by image), so even a
 one-image set has every split. RefCOCO+ sentences avoid location words, as the real RefCOCO+ does.
 
+``refcoco_shaped=True`` writes a split shaped like RefCOCO's for cost measurements (docs/PERFORMANCE.md):
+COCO-size images (640 x 480 unless given), 2 or 3 refs per image (about 2.5) of 2 to 4 sentences each
+(about 7 per image), and all refs of an image in one split, as in the real RefCOCO (images are dealt to the
+splits in turn, so use at least as many images as the refs file has splits).
+
 The refs files are written the way Python 2's ``cPickle`` writes them (``str`` values as byte strings,
 protocol 2), through the shared REFER writer ``workers.engine.data.refer_format``.
 """
@@ -113,7 +118,16 @@ def _where(shape: _Shape) -> str:
     return f"{'top' if shape.row == 0 else 'bottom'} {column}"
 
 
-def _sentences(shape: _Shape, dataset: str) -> list[str]:
+def _sentences(shape: _Shape, dataset: str, n: int | None = None) -> list[str]:
+    """The sentences of ``shape``'s ref; ``n`` (2 to 4) picks that many for the RefCOCO-shaped set."""
+    texts = _templates(shape, dataset)
+    if n is None:
+        return texts
+    extra = f"the {shape.kind} in the {_where(shape)}" if dataset != "refcoco+" else f"{shape.colour} thing"
+    return (texts + [extra])[:n]
+
+
+def _templates(shape: _Shape, dataset: str) -> list[str]:
     if dataset == "refcoco+":
         return [
             f"{shape.colour} {shape.kind}",
@@ -152,16 +166,30 @@ def _scene(rng: np.random.Generator, width: int, height: int) -> list[_Shape]:
 
 
 def write_synthetic_refcoco(
-    out: Path | str, n_images: int, *, seed: int = 0, width: int = 128, height: int = 96
+    out: Path | str,
+    n_images: int,
+    *,
+    seed: int = 0,
+    width: int | None = None,
+    height: int | None = None,
+    refcoco_shaped: bool = False,
 ) -> SyntheticSummary:
     """Write the synthetic REFER dataset under ``out`` (created if needed; files there are overwritten).
 
     Args:
-        n_images: number of images (>= 1); each holds 4 or 5 shapes, each shape one annotation and one ref
-            per refs file.
+        n_images: number of images (>= 1); each holds 4 or 5 shapes, each shape one annotation and (unless
+            ``refcoco_shaped``) one ref per refs file.
         seed: the random seed; the same seed writes the same files.
-        width, height: image size in pixels (>= 48 x 32).
+        width, height: image size in pixels (>= 48 x 32; default 128 x 96, or 640 x 480 when
+            ``refcoco_shaped``).
+        refcoco_shaped: 2 or 3 refs of 2 to 4 sentences per image, all of an image's refs in one split
+            (see the module docstring).
+
+    Raises:
+        ValueError: fewer than one image, or an image smaller than 48 x 32.
     """
+    width = width if width is not None else (640 if refcoco_shaped else 128)
+    height = height if height is not None else (480 if refcoco_shaped else 96)
     from PIL import Image
 
     if n_images < 1:
@@ -212,6 +240,15 @@ def write_synthetic_refcoco(
     }
     n_refs: dict[str, int] = {}
     n_sentences: dict[str, int] = {}
+    # The RefCOCO shape draws from its own stream, so the default set stays byte-identical.
+    shape_rng = np.random.default_rng([seed, 1])
+    ref_plan = [
+        [
+            (j, int(shape_rng.integers(2, 5)))
+            for j in sorted(shape_rng.permutation(len(placed))[: int(shape_rng.integers(2, 4))])
+        ]
+        for _, placed in scenes
+    ]
     for dataset, split_bys in (
         ("refcoco", ("unc",)),
         ("refcoco+", ("unc",)),
@@ -221,9 +258,14 @@ def write_synthetic_refcoco(
             splits = DATASET_SPLITS[dataset][split_by]
             refs, ref_id, sent_id = [], 0, 0
             for index, (image_id, placed) in enumerate(scenes):
-                for j, (ann_id, shape) in enumerate(placed):
+                plan = ref_plan[index] if refcoco_shaped else [(j, None) for j in range(len(placed))]
+                for j, n_sent in plan:
+                    ann_id, shape = placed[j]
+                    split = (
+                        splits[index % len(splits)] if refcoco_shaped else splits[(index + j) % len(splits)]
+                    )
                     sentences = []
-                    for text in _sentences(shape, dataset):
+                    for text in _sentences(shape, dataset, n_sent):
                         sentences.append(sentence_record(text[0].upper() + text[1:] + ".", sent_id))
                         sent_id += 1
                     refs.append(
@@ -233,7 +275,7 @@ def write_synthetic_refcoco(
                             "ann_id": ann_id,
                             "ref_id": ref_id,
                             "image_id": image_id,
-                            "split": splits[(index + j) % len(splits)],
+                            "split": split,
                             "sentences": sentences,
                             "category_id": SHAPES[shape.kind],
                         }

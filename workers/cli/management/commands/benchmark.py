@@ -2,7 +2,8 @@
 
     python manage.py benchmark --dataset refcoco --split val --pipeline global_local --data-root DATA \\
         [--pipeline tas ...] [--split-by unc|umd|google] [--limit N] [--device cpu|cuda] [--out DIR] \\
-        [--resume] [--distributed] [--skip-missing] [--gt-union] [--config PIPELINE.KEY=VALUE ...]
+        [--resume] [--distributed] [--skip-missing] [--gt-union] [--config PIPELINE.KEY=VALUE ...] \\
+        [--schedule per-image|per-ref] [--profile] [--warmup N] [--prefetch N]
 
 Single process: images in id order, one ``Engine.predict`` per image and pipeline, each image's results
 appended to ``OUT/results.jsonl`` as it finishes; Ctrl-C stops between whole lines and ``--resume``
@@ -11,6 +12,12 @@ continues. ``--distributed``: the images are cut into shards, each shard is one
 to the database, and this command waits, then merges them into the same ``results.jsonl``. Both modes end
 with ``summary.md``, ``summary.json`` and ``figure.png`` in ``OUT`` and the run stored in the database
 (shown at ``/benchmarks/``). Docs: docs/BENCHMARK.md.
+
+After ``--warmup`` images (default 3) a single-process run prints its estimate of the whole run (wall time,
+peak memory, model calls) and goes on without asking; at the end it prints the measured wall time beside
+it. ``--distributed`` shows each worker's rate. ``--profile`` prints where the time went.
+``--schedule per-ref`` redoes the image-level work for every ref as the peers' code does: for measuring
+what our per-image schedule saves (docs/PERFORMANCE.md), not for scores.
 """
 
 from __future__ import annotations
@@ -103,6 +110,27 @@ class Command(BaseCommand):
             "--wait-timeout", type=float, default=None, help="give up waiting for workers after S seconds"
         )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument(
+            "--schedule",
+            choices=["per-image", "per-ref"],
+            default="per-image",
+            help="per-image (default: image work shared by every sentence) or per-ref (the peers' schedule: "
+            "image work redone for every ref; for cost measurements only)",
+        )
+        parser.add_argument(
+            "--profile",
+            action="store_true",
+            help="print where the time went (decode, proposals, features, ...)",
+        )
+        parser.add_argument(
+            "--warmup",
+            type=int,
+            default=3,
+            help="images measured before the whole run is estimated (default 3; 0: no estimate)",
+        )
+        parser.add_argument(
+            "--prefetch", type=int, default=2, help="images decoded ahead in a background thread (default 2)"
+        )
 
     # -------------------------------------------------------------------------------------------------
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -121,6 +149,8 @@ class Command(BaseCommand):
             raise CommandError(f"--limit must be at least 1, got {opts['limit']}")
         if opts["shard_images"] < 1:
             raise CommandError(f"--shard-images must be at least 1, got {opts['shard_images']}")
+        if opts["warmup"] < 0 or opts["prefetch"] < 0:
+            raise CommandError("--warmup and --prefetch must be 0 or more")
         unknown = [p for p in pipelines if p not in pipeline_names()]
         if unknown:
             raise CommandError(
@@ -148,6 +178,7 @@ class Command(BaseCommand):
             gt_union=opts["gt_union"],
             skip_missing=opts["skip_missing"],
             text_field=opts["text_field"],
+            schedule=opts["schedule"],
         )
         out = opts["out"] or Path(settings.VAR_DIR) / "benchmarks" / (
             f"{spec.dataset}-{spec.split_by}-{spec.split}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -183,6 +214,7 @@ class Command(BaseCommand):
             f"{spec.split}, {session.n_images} images, {session.n_sentences} sentences, pipelines "
             f"{', '.join(pipelines)} -> {out}"
         )
+        self._run_info: dict[str, Any] = {}
         try:
             if opts["distributed"]:
                 configs = self._run_distributed(run, session, opts)
@@ -193,7 +225,11 @@ class Command(BaseCommand):
                 records = session.folder.results.read()
                 if run is not None:
                     services.sentence_results_store(run=run, records=[r.to_json() for r in records])
-            extra = {"db_run_id": run.pk if run else None, "distributed": bool(opts["distributed"])}
+            extra = {
+                "db_run_id": run.pk if run else None,
+                "distributed": bool(opts["distributed"]),
+                **self._run_info,
+            }
             report = session.finish(records, configs, extra)
             if run is not None:
                 services.run_finish(
@@ -323,7 +359,7 @@ class Command(BaseCommand):
             disable=opts["no_progress"],
             file=sys.stderr,
             dynamic_ncols=True,
-            smoothing=0.1,
+            smoothing=0.0,  # the run's average rate: images differ too much for a moving average's ETA
         )
 
     def _run_local(self, session: Any, engine: Any, opts: dict) -> dict[str, dict]:
@@ -335,11 +371,42 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"Resuming: {initial} of {session.total} sentence results already in {session.folder.results.path}"
             )
+        from workers.engine.data.benchmark.estimate import RunEstimator
+        from workers.engine.data.benchmark.profile import RunProfile
+
+        images, pairs = session.pending_images()
+        estimator = RunEstimator(images=images, sentences=pairs, warmup=max(opts["warmup"], 1))
+        profile = RunProfile() if opts["profile"] else None
+        started = time.perf_counter()
         with self._progress(session.total, initial, opts, "benchmark") as bar:
+
+            def on_image(done: Any) -> None:
+                estimate = estimator.observe(done.wall_seconds, done.model_calls)
+                if estimate is not None and opts["warmup"] > 0:
+                    bar.write(estimate.line(), file=self.stdout._out)
+
             try:
-                outcome = session.run_local(engine, on_progress=bar.update)
+                outcome = session.run_local(
+                    engine,
+                    on_progress=bar.update,
+                    on_image=on_image,
+                    profile=profile,
+                    prefetch=opts["prefetch"],
+                )
             except MissingImageError as exc:
                 raise CommandError(str(exc)) from exc
+        wall = time.perf_counter() - started
+        if estimator.estimate is not None and opts["warmup"] > 0:
+            estimator.estimate.measured_wall_seconds = wall
+            self.stdout.write(
+                f"Wall time: {wall:.1f} s measured, {estimator.estimate.wall_seconds:.1f} s estimated "
+                f"after {estimator.estimate.basis_images} image(s) ({100 * (estimator.estimate.error or 0):+.0f} %)"
+            )
+            self._run_info["estimate"] = estimator.estimate.to_json()
+        if profile is not None:
+            profile.wall_seconds = wall
+            self.stdout.write("Where the time went:\n" + profile.table())
+            self._run_info["profile"] = profile.to_json()
         return outcome.configs
 
     def _run_distributed(self, run: Any, session: Any, opts: dict) -> dict[str, dict]:
@@ -379,6 +446,12 @@ class Command(BaseCommand):
             while True:
                 count = selectors.sentence_results_count(run=run)
                 bar.update(count - bar.n)
+                rates = selectors.worker_rates(run=run)
+                if rates:
+                    bar.set_postfix_str(
+                        ", ".join(f"{w} {r['sentences_per_second']:.2f} sent/s" for w, r in rates.items()),
+                        refresh=False,
+                    )
                 states = selectors.shard_states(run=run)
                 failed = selectors.shards_failed(run=run)
                 if failed:
@@ -391,6 +464,13 @@ class Command(BaseCommand):
                         f"({states['queued']} queued, {states['running']} running); is a worker consuming {queue!r}?"
                     )
                 time.sleep(opts["poll"])
+        rates = selectors.worker_rates(run=run)
+        for worker, rate in rates.items():
+            self.stdout.write(
+                f"Worker {worker}: {rate['sentences']} sentences in {rate['seconds']:.1f} s "
+                f"({rate['sentences_per_second']:.2f} sentences/s, {rate['shards']} shard(s))"
+            )
+        self._run_info["workers"] = rates
         configs = selectors.shard_configs(run=run)
         for pipeline in session.spec.pipelines:
             if pipeline not in configs:  # every shard found its sentences done: nothing ran this time

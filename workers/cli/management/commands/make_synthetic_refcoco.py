@@ -1,4 +1,4 @@
-"""``manage.py make_synthetic_refcoco --out DIR --images N [--seed S]``: a small REFER-layout dataset."""
+"""``manage.py make_synthetic_refcoco --out DIR --images N [--seed S] [--refcoco-shaped]``: a REFER-layout dataset."""
 
 from __future__ import annotations
 
@@ -22,15 +22,29 @@ class Command(BaseCommand):
             "--images", required=True, type=int, help="number of images (each has 4-5 shapes)"
         )
         parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        parser.add_argument("--width", type=int, default=128, help="image width in pixels (default 128)")
-        parser.add_argument("--height", type=int, default=96, help="image height in pixels (default 96)")
+        parser.add_argument(
+            "--width", type=int, default=None, help="image width in pixels (default 128; 640 RefCOCO-shaped)"
+        )
+        parser.add_argument(
+            "--height", type=int, default=None, help="image height in pixels (default 96; 480 RefCOCO-shaped)"
+        )
+        parser.add_argument(
+            "--refcoco-shaped",
+            action="store_true",
+            help="COCO-size images, about 2.5 refs and 7 sentences per image, an image's refs in one split",
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         from workers.engine.data.synthetic import write_synthetic_refcoco
 
         try:
             summary = write_synthetic_refcoco(
-                opts["out"], opts["images"], seed=opts["seed"], width=opts["width"], height=opts["height"]
+                opts["out"],
+                opts["images"],
+                seed=opts["seed"],
+                width=opts["width"],
+                height=opts["height"],
+                refcoco_shaped=opts["refcoco_shaped"],
             )
         except (ValueError, OSError) as exc:
             raise CommandError(str(exc)) from exc

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workers.engine.data.benchmark.profile import RunProfile
 from workers.engine.data.benchmark.report import summarize_results, write_report
 from workers.engine.data.benchmark.results import SentenceResult
-from workers.engine.data.benchmark.runner import EngineLike, RunOutcome, run_groups
+from workers.engine.data.benchmark.runner import EngineLike, ImageDone, RunOutcome, run_groups
 from workers.engine.data.benchmark.spec import BenchmarkSpec, RunFolder
 from workers.engine.data.refer import ImageGroup, ReferDataset
 
@@ -82,6 +83,18 @@ class BenchmarkSession:
         """Check the folder (``RunFolder.start``) and return its meta (``RunFolderError`` when it cannot)."""
         return self.folder.start(self.spec, resume=resume, distributed=distributed)
 
+    def pending_images(self) -> tuple[int, int]:
+        """Images with a sentence still to score, and the (sentence, pipeline) pairs left."""
+        done = self.done()
+        images = pairs = 0
+        for group in self.groups:
+            left = sum(
+                1 for p in self.spec.pipelines for s in group.sentences if s.sent_id not in done.get(p, set())
+            )
+            images += left > 0
+            pairs += left
+        return images, pairs
+
     def done(self) -> dict[str, set[int]]:
         """Per pipeline, the sentence ids of this run already in ``results.jsonl``."""
         done: dict[str, set[int]] = {}
@@ -91,10 +104,17 @@ class BenchmarkSession:
         return done
 
     def run_local(
-        self, engine: EngineLike, *, on_progress: Callable[[int], None] | None = None
+        self,
+        engine: EngineLike,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        on_image: Callable[[ImageDone], None] | None = None,
+        profile: RunProfile | None = None,
+        prefetch: int = 2,
     ) -> RunOutcome:
         """Score the pending sentences with ``engine`` in this process, appending to ``results.jsonl``.
 
+        The spec's schedule is used; ``on_image``, ``profile`` and ``prefetch`` are :func:`run_groups`'s.
         The outcome's ``configs`` holds the config each pipeline ran; pipelines with nothing left to run
         (a resumed run) get the engine's resolution of the spec's overrides.
         """
@@ -108,6 +128,10 @@ class BenchmarkSession:
             skip_missing=self.spec.skip_missing,
             on_results=self.folder.results.append,
             on_progress=on_progress,
+            on_image=on_image,
+            profile=profile,
+            prefetch=prefetch,
+            schedule=self.spec.schedule,
         )
         for pipeline in self.spec.pipelines:
             if pipeline not in outcome.configs:

@@ -2,7 +2,8 @@
 
 The spec is plain data: the command writes it to ``OUT/run.json`` and into the database, a distributed
 shard reads it back, and ``--resume`` refuses to continue a folder whose spec differs (the fields that
-change the numbers: dataset, split, split_by, pipelines, configs, limit, gt_union, text_field).
+change the numbers: dataset, split, split_by, pipelines, configs, limit, gt_union, text_field; and the
+schedule, which changes the cost columns).
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ from workers.engine.data.refer import ReferDataset
 
 __all__ = ["BenchmarkSpec", "RunFolder", "RunFolderError"]
 
-_IDENTITY = ("dataset", "split", "split_by", "pipelines", "configs", "limit", "gt_union", "text_field")
+_IDENTITY = (
+    "dataset",
+    "split",
+    "split_by",
+    "pipelines",
+    "configs",
+    "limit",
+    "gt_union",
+    "text_field",
+    "schedule",
+)
 
 
 class RunFolderError(ValueError):
@@ -37,6 +48,8 @@ class BenchmarkSpec:
     gt_union: bool = False
     skip_missing: bool = False
     text_field: str = "sent"
+    #: ``per-image`` (ours) or ``per-ref`` (the peers' schedule, for cost measurements only).
+    schedule: str = "per-image"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
