@@ -57,22 +57,6 @@ def cpu_set_repos() -> dict[str, FakeRepo]:
                 "pytorch_model.bin": _bytes(4096, 3),
             }
         ),
-        "facebook/sam3": FakeRepo(
-            {
-                "config.json": _json({"model_type": "sam3_video"}),
-                "processor_config.json": _json({}),
-                "model.safetensors": _bytes(4096, 6),
-                "sam3.pt": _bytes(2048, 7),
-            }
-        ),
-        "Qwen/Qwen2.5-VL-3B-Instruct": FakeRepo(
-            {
-                "config.json": _json({"model_type": "qwen2_5_vl"}),
-                "preprocessor_config.json": _json({}),
-                "chat_template.json": _json({}),
-                "model.safetensors": _bytes(4096, 8),
-            }
-        ),
         "HuggingFaceTB/SmolVLM-256M-Instruct": FakeRepo(
             {
                 "config.json": _json({"model_type": "idefics3"}),
@@ -228,7 +212,7 @@ def test_first_use_of_make_run_fetches_the_cpu_set_with_progress(hub: FakeHub, t
     hub.cuts[BIG] = [11 * MB]
     done = _manage(["models", "ensure"], env)
     assert done.returncode == 0, done.stderr
-    for name in ("clip_vit_b_16", "blip_base", "smolvlm_256m", "sd_1_5", "sam3", "qwen2_5_vl_3b"):
+    for name in ("clip_vit_b_16", "blip_base", "smolvlm_256m", "sd_1_5"):
         assert f"{name}: fetched" in done.stdout
     assert "profile auto -> cpu" in done.stdout
     assert "Notice" not in done.stdout  # every pipeline runs on the fetched models
@@ -241,10 +225,9 @@ def test_first_use_of_make_run_fetches_the_cpu_set_with_progress(hub: FakeHub, t
     assert f"bytes={CHUNK}-" in [rng for _, _, rng, _ in hub.requests]
     settings = EngineSettings(model_dir=store_dir, cache_dir=None, device="cpu")
     assert profile_notice(settings) is None
-    assert {
-        pipeline_profile(settings, p).profile
-        for p in ("global_local", "tas", "refdiff", "lgd", "grounded_sam3", "ensemble")
-    } == {"cpu"}
+    assert {pipeline_profile(settings, p).profile for p in ("global_local", "tas", "refdiff", "lgd")} == {
+        "cpu"
+    }
     manifest = json.loads((store_dir / "manifest.json").read_text())
     assert manifest["models"]["sd_1_5"]["source"]["licence"] == "CreativeML OpenRAIL-M"
 

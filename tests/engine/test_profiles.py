@@ -35,7 +35,7 @@ def test_auto_is_the_paper_set_with_a_gpu_and_the_cpu_set_without(
 
 def test_the_cpu_set_is_laptop_size_and_real() -> None:
     assert profile_models("cpu") == [
-        "mobile_sam", "clip_vit_b_16", "sam3", "qwen2_5_vl_3b", "smolvlm_256m", "sd_1_5", "blip_base", "spacy_en"
+        "mobile_sam", "clip_vit_b_16", "smolvlm_256m", "sd_1_5", "blip_base", "spacy_en"
     ]  # fmt: skip
     assert {"sam_vit_h", "clip_vit_b_32", "blip2_opt_2_7b", "llava_1_5_7b"} <= set(profile_models("paper"))
     with pytest.raises(ConfigError, match="resolve it"):
@@ -69,3 +69,15 @@ def test_a_bad_profile_setting_is_one_line_not_a_traceback() -> None:
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == "error: model profile 'huge' is not one of auto, paper, cpu, tiny"
+
+
+def test_opt_in_pipelines_are_not_fetched_on_first_use_and_never_fall_back(tmp_path: Path) -> None:
+    from workers.engine.store.profiles import first_use_pipelines
+
+    assert "grounded_sam3" not in first_use_pipelines() and "global_local" in first_use_pipelines()
+    assert "sam3" not in profile_models("cpu") and "qwen2_5_vl_3b" not in profile_models("cpu")
+    auto = EngineSettings(model_dir=tmp_path, cache_dir=None, device="cpu", profile="auto")
+    grounded = pipeline_profile(auto, "grounded_sam3")
+    assert (grounded.profile, grounded.fell_back) == ("cpu", False)  # a missing model fails the job in words
+    notice = profiles.profile_notice(auto) or ""
+    assert "grounded_sam3" not in notice and "sam3" not in notice

@@ -211,5 +211,8 @@ class PipelineOut(serializers.Serializer):
     paper = serializers.CharField()
     description = serializers.CharField()
     needs = serializers.CharField(allow_blank=True, help_text="one line: the models and hardware it needs")
+    opt_in = serializers.BooleanField(
+        help_text="large or gated models fetched by name, not on first use; never replaced by stand-ins"
+    )
     models = PipelineModelOut(many=True)
     models_present = serializers.BooleanField(help_text="every model of its default config is present")

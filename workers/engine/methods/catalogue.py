@@ -41,6 +41,9 @@ class PipelineEntry:
     profile_overrides: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     needs: str = ""
+    #: Not part of a profile's first-use fetch or of the "stand-ins" notice (large or gated models): under
+    #: ``auto`` it never falls back to stand-ins; a job whose models are missing fails at once, in words.
+    opt_in: bool = False
 
     def config_class(self) -> type[Config]:
         """The pipeline's config class (imported from its torch-free module).
@@ -100,6 +103,7 @@ class PipelineEntry:
             "paper": self.paper,
             "description": self.description,
             "needs": self.needs,
+            "opt_in": self.opt_in,
         }
 
     def models(self, profile: str = "paper") -> list[tuple[str, str]]:
@@ -163,6 +167,7 @@ def _read(path: Path) -> dict[str, PipelineEntry]:
             profile_overrides=dict(data.get("profile_overrides") or {}),
             source=str(path),
             needs=str(data.get("needs", "")),
+            opt_in=bool(data.get("opt_in", False)),
         )
     return entries
 

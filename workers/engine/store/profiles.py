@@ -83,13 +83,21 @@ def model_on_disk(store: ModelStore, name: str) -> bool:
 def profile_models(profile: str, pipelines: list[str] | None = None) -> list[str]:
     """Every catalogued model the default configs of ``pipelines`` (default: all) name under the plain
     ``profile``, plus its SAM (refine) and the models no config names (spaCy); catalogue order kept."""
-    from workers.engine.methods.catalogue import pipeline_entry, pipeline_names
+    from workers.engine.methods.catalogue import pipeline_entry
 
     names: list[str] = [model_for_profile(SAM_MODEL, profile)]
-    for pipeline in pipelines or pipeline_names():
+    for pipeline in pipelines or first_use_pipelines():
         names += config_models(pipeline_entry(pipeline).default_config(profile))
     names += list(EXTRA_MODELS)
     return list(dict.fromkeys(names))
+
+
+def first_use_pipelines() -> list[str]:
+    """Pipelines whose models a profile's first-use fetch gets and the stand-ins notice covers: all but the
+    catalogue's ``opt_in`` ones (large or gated models, fetched by name: ``models fetch sam3``)."""
+    from workers.engine.methods.catalogue import pipeline_entry, pipeline_names
+
+    return [name for name in pipeline_names() if not pipeline_entry(name).opt_in]
 
 
 def config_models(config: object) -> list[str]:
@@ -138,7 +146,7 @@ def pipeline_profile(
     """
     requested = settings.profile
     target = target_profile(requested, settings.device)
-    if not is_resolved_profile(requested):
+    if not is_resolved_profile(requested) or pipeline not in first_use_pipelines():
         return PipelineProfile(pipeline, requested, target, target)
     store = store or store_for(settings)
     wanted = _default_models(pipeline, target)
@@ -171,7 +179,6 @@ def refine_profile(settings: EngineSettings, store: ModelStore | None = None) ->
 def profile_notice(settings: EngineSettings, store: ModelStore | None = None) -> str | None:
     """One line saying which pipelines rank with random-weight stand-ins and the command that fixes it;
     ``None`` when every pipeline runs on real models."""
-    from workers.engine.methods.catalogue import pipeline_names
 
     if settings.profile == "tiny":
         return (
@@ -181,7 +188,7 @@ def profile_notice(settings: EngineSettings, store: ModelStore | None = None) ->
     if not is_resolved_profile(settings.profile):
         return None
     store = store or store_for(settings)
-    fallen = [p for p in (pipeline_profile(settings, n, store) for n in pipeline_names()) if p.fell_back]
+    fallen = [p for p in (pipeline_profile(settings, n, store) for n in first_use_pipelines()) if p.fell_back]
     if not fallen:
         return None
     missing = list(dict.fromkeys(name for p in fallen for name in p.missing))
