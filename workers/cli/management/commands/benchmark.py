@@ -3,6 +3,7 @@
     python manage.py benchmark --dataset refcoco --split val --pipeline global_local --data-root DATA \\
         [--pipeline tas ...] [--split-by unc|umd|google] [--limit N] [--device cpu|cuda] [--out DIR] \\
         [--resume] [--distributed] [--skip-missing] [--gt-union] [--config PIPELINE.KEY=VALUE ...]
+    python manage.py benchmark --check --dataset refcoco --data-root DATA [--split-by unc] [--no-images]
 
 Single process: images in id order, one ``Engine.predict`` per image and pipeline, each image's results
 appended to ``OUT/results.jsonl`` as it finishes; Ctrl-C stops between whole lines and ``--resume``
@@ -43,14 +44,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dataset", required=True, choices=["refcoco", "refcoco+", "refcocog"])
         parser.add_argument(
-            "--split", required=True, help="val, testA, testB (RefCOCO/+), val, test (RefCOCOg umd)"
+            "--split",
+            default=None,
+            help="val, testA, testB (RefCOCO/+), val, test (RefCOCOg umd); required to run",
         )
         parser.add_argument(
             "--pipeline",
             action="append",
-            required=True,
+            default=[],
             dest="pipelines",
-            help="pipeline name; repeat for several",
+            help="pipeline name; repeat for several; required to run",
+        )
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="validate the data set (refs, instances.json, images) without models; report every problem",
+        )
+        parser.add_argument(
+            "--no-images", action="store_true", help="with --check: do not decode the images (faster)"
         )
         parser.add_argument(
             "--data-root", required=True, type=Path, help="folder holding refcoco*/ and images/"
@@ -115,6 +126,12 @@ class Command(BaseCommand):
         from workers.engine.data.refer import DatasetError, default_split_by
         from workers.engine.methods.catalogue import pipeline_names, resolve_config
 
+        if opts["check"]:
+            self._check(opts)
+            return
+        missing = [flag for flag, key in (("--split", "split"), ("--pipeline", "pipelines")) if not opts[key]]
+        if missing:
+            raise CommandError(f"{' and '.join(missing)} required to run a benchmark (or use --check)")
         pipelines = list(dict.fromkeys(opts["pipelines"]))
         if opts["limit"] is not None and opts["limit"] < 1:
             raise CommandError(f"--limit must be at least 1, got {opts['limit']}")
@@ -219,6 +236,32 @@ class Command(BaseCommand):
         )
 
     # -------------------------------------------------------------------------------------------------
+    def _check(self, opts: dict[str, Any]) -> None:
+        """``--check``: every problem of the data set, one per line; exit status 1 when there is any."""
+        from workers.engine.data.check import check_dataset
+
+        with self._progress(None, 0, opts, "checking") as bar:
+            report = check_dataset(
+                opts["data_root"],
+                opts["dataset"],
+                split_by=[opts["split_by"]] if opts["split_by"] else None,
+                image_dir=opts["image_dir"],
+                text_field=opts["text_field"],
+                check_images=not opts["no_images"],
+                on_step=lambda: bar.update(1),
+            )
+        for problem in report.problems:
+            self.stdout.write(str(problem))
+        counts = (
+            f"{report.n_refs} refs, {report.n_sentences} sentences, {report.n_annotations} annotations, "
+            f"{report.n_images} images"
+        )
+        if report.problems:
+            raise CommandError(
+                f"{len(report.problems)} problem(s) in {opts['dataset']} ({counts}); see above"
+            )
+        self.stdout.write(f"{opts['dataset']}: no problems ({counts})")
+
     def _progress(self, total: int, initial: int, opts: dict[str, Any], desc: str) -> Any:
         from tqdm import tqdm
 
