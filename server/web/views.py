@@ -24,7 +24,7 @@ from server.ris.errors import InvalidInput, ObjectNotFound
 from server.ris.models import Image
 from server.ris.selectors import expression_get, image_get, project_get, project_list_for_user
 from server.web.selectors import image_neighbours, refine_request_get, review_items
-from server.web.services.bulk import expressions_bulk_create
+from server.web.services.bulk import bulk_config_parse, expressions_bulk_create
 from server.web.services.export import coco_export, refer_export_zip
 from server.web.services.refine import refine_request_create, refine_request_json
 
@@ -107,7 +107,8 @@ class ReviewItemsApi(APIView):
 
 
 class BulkExpressionsApi(APIView):
-    """POST multipart ``file`` (CSV or JSON), optional ``pipeline``: one job per row."""
+    """POST multipart ``file`` (CSV or JSON), optional ``pipeline`` and ``config`` (a JSON object of pipeline
+    settings for every row): one job per row. A bad ``config`` is a 400 for the whole batch, naming the key."""
 
     schema = None  # page-support endpoint: not part of the public API schema
 
@@ -126,6 +127,7 @@ class BulkExpressionsApi(APIView):
             name=upload.name or "upload",
             author=request.user,
             pipeline=(request.data.get("pipeline") or None),
+            config=bulk_config_parse(request.data.get("config")),
         )
         return Response(result.to_json(), status=status.HTTP_201_CREATED)
 
