@@ -108,3 +108,19 @@ def test_the_ceiling_is_configurable(api_client, image, settings):
         f"/api/images/{image.pk}/expressions/", {"text": "the cat", "config": config}, format="json"
     )
     assert response.status_code == 201, response.json()
+
+
+def test_openapi_documents_each_pipelines_config(api_client):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    config = schema["components"]["schemas"]["ExpressionCreateInput"]["properties"]["config"]
+    titles = [option["title"] for option in config["oneOf"]]
+    assert titles == ["global_local config", "lgd config", "refdiff config", "tas config"]
+    amg = config["oneOf"][0]["properties"]["amg"]["properties"]["points_per_side"]
+    assert (amg["minimum"], amg["maximum"], amg["type"]) == (1, 64, "integer")
+    assert config["oneOf"][0]["additionalProperties"] is False
+
+
+def test_pipeline_list_carries_each_config_schema(api_client):
+    listed = api_client.get("/api/pipelines/").json()
+    tas = next(p for p in listed if p["name"] == "tas")
+    assert tas["config_schema"]["properties"]["amg"]["properties"]["points_per_side"]["default"] == 8

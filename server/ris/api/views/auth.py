@@ -33,5 +33,8 @@ class PipelineListApi(APIView):
 
     @extend_schema(responses={200: PipelineOut(many=True)})
     def get(self, request: Request) -> Response:
-        items = [entry.to_json() for entry in pipeline_catalogue().values()]
+        items = [
+            {**entry.to_json(), "config_schema": entry.config_class().schema()}
+            for entry in pipeline_catalogue().values()
+        ]
         return Response(PipelineOut(sorted(items, key=lambda item: item["name"]), many=True).data)
