@@ -16,6 +16,7 @@ with ``summary.md``, ``summary.json`` and ``figure.png`` in ``OUT`` and the run 
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from datetime import datetime
@@ -36,6 +37,26 @@ def build_engine(device: str | None) -> Any:
     if device:
         engine_settings = engine_settings.replace(device=device)
     return Engine(engine_settings)
+
+
+class _Terminated(Exception):  # noqa: N818  (a signal, not an error)
+    """SIGTERM arrived: the run stops between two images and is marked interrupted."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+class _Beat:
+    """Calls ``beat`` at most every ``interval`` seconds (the run's heartbeat in the database)."""
+
+    def __init__(self, beat: Any, interval: float = 10.0) -> None:
+        self.beat, self.interval, self.last = beat, interval, time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last >= self.interval:
+            self.last = time.monotonic()
+            self.beat()
 
 
 class Command(BaseCommand):
@@ -182,6 +203,9 @@ class Command(BaseCommand):
             )
             meta["db_run_id"] = run.pk
             session.folder.write_meta(meta)
+        services.run_attach(run=run)
+        self._beat = _Beat(lambda: services.run_heartbeat(run=run))
+        previous_term = signal.signal(signal.SIGTERM, _terminated)
         self.stdout.write(
             f"Benchmark run #{run.pk}: {spec.dataset} ({spec.split_by}) {spec.split}, {session.n_images} images, "
             f"{session.n_sentences} sentences, pipelines {', '.join(pipelines)} -> {out}"
@@ -206,11 +230,12 @@ class Command(BaseCommand):
                 summary_markdown=report.markdown,
                 figure_png=report.paths["figure"].read_bytes(),
             )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated) as stop:
+            how = "SIGTERM" if isinstance(stop, _Terminated) else "Ctrl-C"
             services.run_set_state(
                 run=run,
                 state=BenchmarkRun.State.INTERRUPTED,
-                error="interrupted (Ctrl-C); resume with --resume",
+                error=f"interrupted ({how}); resume with --resume",
             )
             resume = " ".join(a for a in sys.argv[1:] if a != "--resume")
             self.stderr.write(
@@ -229,6 +254,8 @@ class Command(BaseCommand):
             if isinstance(exc, DatasetError | ValueError | EngineError | IncompleteRunError):
                 raise CommandError(str(exc)) from exc
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
         self.stdout.write(report.markdown)
         self.stdout.write(
             f"Wrote {report.paths['markdown']}, {report.paths['json']}, {report.paths['figure']} and "
@@ -286,8 +313,13 @@ class Command(BaseCommand):
                 f"Resuming: {initial} of {session.total} sentence results already in {session.folder.results.path}"
             )
         with self._progress(session.total, initial, opts, "benchmark") as bar:
+
+            def progress(n: int) -> None:
+                bar.update(n)
+                self._beat()
+
             try:
-                outcome = session.run_local(engine, on_progress=bar.update)
+                outcome = session.run_local(engine, on_progress=progress)
             except MissingImageError as exc:
                 raise CommandError(str(exc)) from exc
         return outcome.configs
@@ -327,6 +359,7 @@ class Command(BaseCommand):
             session.total, selectors.sentence_results_count(run=run), opts, "benchmark (distributed)"
         ) as bar:
             while True:
+                self._beat()
                 count = selectors.sentence_results_count(run=run)
                 bar.update(count - bar.n)
                 states = selectors.shard_states(run=run)
