@@ -60,10 +60,11 @@ def test_the_generator_stops_between_decoder_batches() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     config = AmgConfig(points_per_side=8, points_per_batch=4)  # 16 decoder batches
     asked = []
-    flag = cancellation(lambda: asked.append(1) or len(asked) >= 3, min_interval_s=0.0)
+    # checkpoints in order: the crop, 2 encoder blocks, then one per decoder batch; cancel at the 2nd batch
+    flag = cancellation(lambda: asked.append(1) or len(asked) >= 5, min_interval_s=0.0)
     with flag, pytest.raises(CancelledError, match="decoder batch"):
         generate_proposals(sam, rgb, config)
-    assert len(asked) == 3  # stopped at the third checkpoint, long before the 16th batch
+    assert len(asked) == 5  # stopped at the second of 16 decoder batches
 
 
 def test_run_work_ends_a_cancelled_body_without_failing_it() -> None:
@@ -95,3 +96,19 @@ def test_run_work_ends_a_cancelled_body_without_failing_it() -> None:
     finally:
         lifecycle.CANCEL_POLL_SECONDS = previous
     assert failed == [] and beats == [7, 7]
+
+
+def test_an_image_embedding_stops_between_encoder_blocks() -> None:
+    torch.manual_seed(0)
+    sam = build_sam_tiny(
+        {**SAM_TINY_ARCH, "image_size": 64, "window_size": 2, "encoder_embed_dim": 16}
+    ).eval()
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    generate_proposals(sam, rgb, AmgConfig(points_per_side=1))  # puts the hooks on the model
+    asked = []
+    blocks_run = []
+    sam.image_encoder.blocks[1].register_forward_hook(lambda *a: blocks_run.append(1))
+    flag = cancellation(lambda: asked.append(1) or len(asked) >= 2, min_interval_s=0.0)
+    with flag, pytest.raises(CancelledError, match="image encoder"), torch.no_grad():
+        sam.image_encoder(torch.zeros(1, 3, 64, 64))
+    assert blocks_run == []  # stopped before the second block

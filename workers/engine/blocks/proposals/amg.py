@@ -15,8 +15,10 @@ Guards around the stock generator (issue 15), so that no legal setting raises:
   raises ``IndexError`` when no mask survives in any crop. ``_guard`` replaces the generator's crop loop on the
   instance: the same per-crop step (``_process_crop``) and the same cross-crop NMS (smaller crops win), but
   crops of zero width or height are skipped (a 1 x 1 image has them) and nothing surviving gives no mask;
-- cancellation: every decoder batch and every crop passes ``workers.engine.core.meter.checkpoint`` first, so a
-  cancelled job stops between batches instead of after the whole generator.
+- cancellation: every decoder batch and every crop passes ``workers.engine.core.meter.checkpoint`` first, and
+  so does every block list of the image encoder (a forward pre-hook put on the model once, ``_encoder_hooks``),
+  so a cancelled job stops between batches, or inside an image embedding between encoder blocks, instead of
+  after the whole generator.
 """
 
 from __future__ import annotations
@@ -132,6 +134,18 @@ class _NothingSurvived(Exception):
     """No mask survived in any crop: the generator's answer is an empty list."""
 
 
+def _encoder_hooks(sam: torch.nn.Module) -> None:
+    """Put a ``checkpoint`` before every block of ``sam``'s image encoder (once per model; outside a
+    cancellation block a checkpoint is one context-variable read)."""
+    if getattr(sam, "_ris_checkpoints", False):
+        return
+    for child in sam.image_encoder.children():
+        if isinstance(child, torch.nn.ModuleList):  # SAM ViT's ``blocks``, TinyViT's ``layers``
+            for block in child:
+                block.register_forward_pre_hook(lambda module, args: checkpoint("image encoder"))
+    sam._ris_checkpoints = True
+
+
 def _guard(generator: Any) -> None:
     """Replace ``generator``'s crop loop and wrap its decoder batches (see the module docstring)."""
     package = sys.modules[type(generator).__module__]  # the generator's own helpers (SAM's or MobileSAM's)
@@ -198,6 +212,7 @@ def generate_proposals(sam: torch.nn.Module, rgb: np.ndarray, config: AmgConfig 
         output_mode="coco_rle",
     )
     _guard(generator)
+    _encoder_hooks(sam)
     try:
         records = generator.generate(rgb)
     except _NothingSurvived:
