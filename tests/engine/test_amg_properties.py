@@ -48,8 +48,8 @@ def _draw(rng: random.Random) -> AmgConfig:
 
 def _draw_once(rng: random.Random) -> AmgConfig:
     return AmgConfig(
-        points_per_side=rng.randint(1, 6),
-        points_per_batch=rng.choice([1, 3, 64]),
+        points_per_side=rng.randint(1, 4),
+        points_per_batch=rng.choice([3, 64]),
         pred_iou_thresh=rng.choice([0.0, 1.0, rng.random()]),
         stability_score_thresh=rng.choice([0.0, 1.0, rng.random()]),
         stability_score_offset=rng.choice([0.0, 1.0, rng.uniform(0, 10)]),
@@ -66,6 +66,14 @@ CONFIGS = [_draw(random.Random(seed)) for seed in range(10)] + [
     # the cases of the issue: crops where nothing survives, the same without crops
     AmgConfig(points_per_side=4, crop_n_layers=1, pred_iou_thresh=1.0, stability_score_thresh=1.0),
     AmgConfig(points_per_side=4, crop_n_layers=0, pred_iou_thresh=1.0, stability_score_thresh=1.0),
+    # one point per decoder batch, every mask kept and cleaned up
+    AmgConfig(
+        points_per_side=2,
+        points_per_batch=1,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        min_mask_region_area=1_000_000,
+    ),
 ]
 
 
