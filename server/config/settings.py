@@ -221,7 +221,7 @@ CELERY_BEAT_SCHEDULE = {
 # Read its fields (RIS_ENGINE.model_dir, .profile, ...); there are no copies to drift apart.
 RIS_ENGINE = EngineSettings.from_env()
 RIS_DEFAULT_PIPELINE = env.str("RIS_DEFAULT_PIPELINE", default="global_local")
-# Cost ceilings checked at the door (issue 15; docs/API.md#bounded-work): a job whose automatic-mask settings
+# Cost ceilings checked at the door (issue 15; docs/PERFORMANCE.md, "Bounded work and cancellation"): a job whose automatic-mask settings
 # ask for more per image is refused with a 400 before any worker sees it. Defaults: SAM's densest single grid
 # (64 x 64 = 4,096 prompts) four times over, and the whole image plus two layers of crops (1 + 4 + 16).
 RIS_JOB_MAX_PROMPTS = env.int("RIS_JOB_MAX_PROMPTS", default=16_384)
