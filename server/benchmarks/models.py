@@ -37,6 +37,11 @@ class BenchmarkRun(models.Model):
     figure_png = models.BinaryField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The command process driving the run (single-process and distributed alike): a run whose process is
+    # gone or silent is marked interrupted by ``services.runs_reconcile`` (never left "running").
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -9,11 +9,20 @@ claimed it or once its heartbeat is older than ``RIS_JOB_STALE_SECONDS``), kept 
 shards of running runs whose message or worker was lost, and fails in words a shard whose workers died
 ``RIS_JOB_MAX_ATTEMPTS`` times; shards of a run that is not running (interrupted, failed) are left to
 ``--resume``, which queues and sends the unfinished ones again.
+
+The run itself is driven by the ``manage.py benchmark`` process, which records its host and pid
+(``run_attach``) and beats (``run_heartbeat``) while it works. ``runs_reconcile`` (the periodic reconciler,
+and every read of the benchmark pages) marks a running run interrupted, with the reason, when that process
+is gone (same host, pid not alive) or silent for ``RIS_BENCHMARK_STALE_SECONDS``: a run killed by SIGKILL,
+the OOM killer or a native crash is never left "running", and ``--resume`` continues it.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -96,6 +105,67 @@ def run_restart(*, run: BenchmarkRun, spec: Mapping[str, Any]) -> BenchmarkRun:
     run.spec = dict(spec)
     run.save(update_fields=["spec"])
     return run_set_state(run=run, state=BenchmarkRun.State.RUNNING)
+
+
+def run_attach(*, run: BenchmarkRun, pid: int | None = None, host: str | None = None) -> BenchmarkRun:
+    """Record the process driving ``run`` (default: this one) and a first heartbeat."""
+    run.pid = os.getpid() if pid is None else pid
+    run.host = socket.gethostname() if host is None else host
+    run.heartbeat_at = timezone.now()
+    run.save(update_fields=["pid", "host", "heartbeat_at"])
+    return run
+
+
+def run_heartbeat(*, run: BenchmarkRun) -> None:
+    """The driving process is alive (called as results come in and while a distributed run waits)."""
+    now = timezone.now()
+    BenchmarkRun.objects.filter(pk=run.pk).update(heartbeat_at=now)
+    run.heartbeat_at = now
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def runs_reconcile(*, now: Any = None) -> list[int]:
+    """Mark interrupted every running run whose driving process is gone or silent; the ids marked.
+
+    Gone: on this host and its pid is not alive. Silent: no heartbeat for ``RIS_BENCHMARK_STALE_SECONDS``
+    (a process on another host, or a pid reused by another program). The reason goes in ``error``.
+    """
+    now = now or timezone.now()
+    stale = timedelta(seconds=settings.RIS_BENCHMARK_STALE_SECONDS)
+    here = socket.gethostname()
+    marked = []
+    for run in BenchmarkRun.objects.filter(state=BenchmarkRun.State.RUNNING, pid__isnull=False):
+        reason = ""
+        if run.host == here and not _process_alive(int(run.pid)):
+            reason = (
+                f"interrupted: its process (pid {run.pid} on {run.host}) ended without finishing "
+                "(killed, out of memory or crashed)"
+            )
+        elif run.heartbeat_at is not None and now - run.heartbeat_at > stale:
+            silent = int((now - run.heartbeat_at).total_seconds())
+            reason = (
+                f"interrupted: no sign of life from its process (pid {run.pid} on {run.host}) for {silent} s"
+            )
+        if not reason:
+            continue
+        reason += (
+            f"; results so far are kept: continue with manage.py benchmark ... --out {run.out_dir} --resume"
+        )
+        changed = BenchmarkRun.objects.filter(pk=run.pk, state=BenchmarkRun.State.RUNNING).update(
+            state=BenchmarkRun.State.INTERRUPTED, error=reason, finished_at=now
+        )
+        if changed:
+            marked.append(run.pk)
+    return marked
 
 
 def sentence_results_store(*, run: BenchmarkRun, records: Iterable[Mapping[str, Any]]) -> int:

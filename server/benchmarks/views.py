@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from server.benchmarks import selectors
+from server.benchmarks import selectors, services
 from server.benchmarks.models import BenchmarkRun
 
 
@@ -19,11 +19,13 @@ def _get_run(run_id: int) -> BenchmarkRun:
 
 @login_required
 def run_list_page(request: HttpRequest) -> HttpResponse:
+    services.runs_reconcile()  # a run whose process died shows as interrupted, never as running
     return render(request, "benchmarks/run_list.html", {"runs": selectors.run_list()[:200]})
 
 
 @login_required
 def run_detail_page(request: HttpRequest, run_id: int) -> HttpResponse:
+    services.runs_reconcile()
     run = _get_run(run_id)
     results = list(run.pipeline_results.order_by("pipeline"))
     worst = {

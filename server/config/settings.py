@@ -285,6 +285,13 @@ CELERY_BEAT_SCHEDULE = {
 # Read its fields (RIS_ENGINE.model_dir, .profile, ...); there are no copies to drift apart.
 RIS_ENGINE = EngineSettings.from_env()
 RIS_DEFAULT_PIPELINE = env.str("RIS_DEFAULT_PIPELINE", default="global_local")
+# Cost ceilings checked at the door (issue 15; docs/PERFORMANCE.md, "Bounded work and cancellation"): a job whose automatic-mask settings
+# ask for more per image is refused with a 400 before any worker sees it. Defaults: SAM's densest single grid
+# (64 x 64 = 4,096 prompts) four times over, and the whole image plus two layers of crops (1 + 4 + 16).
+RIS_JOB_MAX_PROMPTS = env.int("RIS_JOB_MAX_PROMPTS", default=16_384)
+RIS_JOB_MAX_EMBEDDINGS = env.int("RIS_JOB_MAX_EMBEDDINGS", default=21)
+# A running benchmark whose command process sent no heartbeat for this long is shown as interrupted.
+RIS_BENCHMARK_STALE_SECONDS = env.int("RIS_BENCHMARK_STALE_SECONDS", default=900)
 RIS_CANDIDATES_KEPT = env.int("RIS_CANDIDATES_KEPT", default=10)
 
 LOGGING = {

@@ -42,7 +42,7 @@ def pipeline_list(*, profile: str, model_dir: Path | str, device: str = "auto") 
     seen: dict[str, bool] = {}
     out = []
     for _name, entry in sorted(pipeline_catalogue().items()):
-        item = entry.to_json()
+        item = {**entry.to_json(), "config_schema": entry.config_class().schema()}
         try:
             models = entry.models(profile)
         except ConfigError:

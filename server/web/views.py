@@ -33,7 +33,7 @@ from server.web.selectors import (
     review_items,
     team_progress,
 )
-from server.web.services.bulk import expressions_bulk_create
+from server.web.services.bulk import bulk_config_parse, expressions_bulk_create
 from server.web.services.export import coco_export, refer_export_zip
 from server.web.services.formats import (
     coco_import,
@@ -209,7 +209,8 @@ class ActivityApi(APIView):
 
 
 class BulkExpressionsApi(APIView):
-    """POST multipart ``file`` (CSV or JSON), optional ``pipeline``: one job per row."""
+    """POST multipart ``file`` (CSV or JSON), optional ``pipeline`` and ``config`` (a JSON object of pipeline
+    settings for every row): one job per row. A bad ``config`` is a 400 for the whole batch, naming the key."""
 
     schema = None  # page-support endpoint: not part of the public API schema
 
@@ -228,6 +229,7 @@ class BulkExpressionsApi(APIView):
             name=upload.name or "upload",
             author=request.user,
             pipeline=(request.data.get("pipeline") or None),
+            config=bulk_config_parse(request.data.get("config")),
         )
         return Response(result.to_json(), status=status.HTTP_201_CREATED)
 

@@ -188,3 +188,29 @@ def test_pages_need_sign_in_and_show_the_run(
     figure = client.get(f"/benchmarks/{run.pk}/figure.png")
     assert figure.status_code == 200 and figure["Content-Type"] == "image/png"
     assert client.get("/benchmarks/999999/").status_code == 404
+
+
+def test_check_reports_every_problem_in_one_run(synthetic_root: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    call_command("benchmark", "--check", "--dataset", "refcoco", "--data-root", str(root), "--no-progress")
+    assert "refcoco: no problems" in capsys.readouterr().out
+    instances = root / "refcoco" / "instances.json"
+    data = json.loads(instances.read_text())
+    data["annotations"][0]["segmentation"] = [[0, 0, float("nan"), 0, 5, 5]]
+    data["annotations"][1]["segmentation"] = [1.0, 1.0, 2.0]
+    instances.write_text(json.dumps(data))
+    (root / "images" / "train2014" / data["images"][0]["file_name"]).write_bytes(b"not an image")
+    with pytest.raises(CommandError, match=r"3 problem\(s\) in refcoco"):
+        call_command(
+            "benchmark", "--check", "--dataset", "refcoco", "--data-root", str(root), "--no-progress"
+        )
+    out = capsys.readouterr().out
+    assert f"annotation {data['annotations'][0]['id']}: polygon part 0 holds nan" in out
+    assert f"annotation {data['annotations'][1]['id']}: polygon part 0 has 3 values" in out
+    assert "cannot decode image" in out
+
+
+def test_a_run_needs_split_and_pipeline_unless_checking(synthetic_root: Path) -> None:
+    with pytest.raises(CommandError, match="--split and --pipeline required"):
+        call_command("benchmark", "--dataset", "refcoco", "--data-root", str(synthetic_root))

@@ -373,17 +373,22 @@ def test_cancel_a_queued_and_a_running_job(fleet, api_client, project, photo_jpe
 
     running = api_client.post(f"/api/jobs/{first}/cancel/")
     assert running.status_code == 200 and running.json()["state"] == "cancelled", running.json()
+    # The engine checks the flag between batches (issue 15): the job stops mid-engine, not after it.
     wait_while_progressing(
         lambda: (
-            f"Job {first} is no longer running under this attempt (cancelled, expired or taken over); "
-            "its result will not be written" in fleet.all_logs()
+            f"Job {first} stopped between two batches: it was cancelled (or taken over); nothing written"
+            in fleet.all_logs()
         ),
         progress=lambda: jobs_progress([first, second]),
-        what=f"the worker to notice that job {first} was cancelled",
+        what=f"the engine to stop cancelled job {first} between two batches",
         logs=fleet.log_paths(),
     )
+    # The worker is free for the next job at once: a new job runs to the end while the other worker is busy.
+    after = ask(api_client, images[2]["id"], "the flag", QUICK)
     (other,) = wait_for_jobs(fleet, [second])
     assert other.state == "succeeded", other.error
+    (next_job,) = wait_for_jobs(fleet, [after])
+    assert next_job.state == "succeeded", next_job.error
     wait_while_progressing(
         lambda: f"Job {waiting} is not claimable" in fleet.all_logs(),
         progress=lambda: jobs_progress([waiting]),

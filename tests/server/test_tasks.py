@@ -175,5 +175,6 @@ def test_reconcile_task_reports(job, settings, monkeypatch):
         "jobs": {"requeued": [job.pk], "failed": []},
         "refine_requests": {"requeued": [], "failed": [], "expired": []},
         "shards": {"requeued": [], "failed": []},
+        "benchmark_runs": {"interrupted": []},
     }
     assert sent == [[job.pk]]

@@ -9,6 +9,10 @@ share):
    a live worker's row never looks lost to the reconciler, however long the engine works, and a row that
    stops being this attempt's (a job cancelled, a refine expired, a shard requeued by ``--resume`` or
    taken over) is noticed: ``Work.stopped`` turns True and the body writes nothing;
+   The body also runs inside ``workers.engine.core.meter.cancellation``: the engine's ``checkpoint`` between
+   batches asks (at most once per ``CANCEL_POLL_SECONDS``) whether the row is still this attempt's, by the
+   kind's heartbeat service, so Cancel stops a running engine within seconds (``CancelledError``) and the
+   worker is free for the next job; the task returns ``"cancelled"`` and writes nothing;
 3. the body writes its result through its kind's service (which checks the attempt again). An error
    fails the row with the error in words (``error_in_words``). An expected error (the engine's, bad input,
    a time limit) is logged in one line; an unexpected one with its traceback, once.
@@ -32,11 +36,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 
+from workers.engine.core.errors import CancelledError
+from workers.engine.core.meter import cancellation
 from workers.tasks import engine_access
 
 logger = logging.getLogger(__name__)
 
 DB_ERRORS = (OperationalError, InterfaceError)
+CANCEL_POLL_SECONDS = 1.0
 DB_RETRY_MAX = 8
 DB_RETRY_BASE_SECONDS = 2.0
 DB_RETRY_CAP_SECONDS = 120.0
@@ -198,9 +205,24 @@ def run_work(task: Any, kind: Lifecycle, pk: int, body: Callable[[Work], str]) -
             what=what,
         )
         work = Work(row=row, heartbeat=heartbeat)
+
+        def cancelled() -> bool:
+            if work.stopped:
+                return True
+            try:
+                return not kind.beat(pk=pk, attempt=row.attempts)
+            except DB_ERRORS as error:  # unknown: keep working; the heartbeat thread tries again
+                logger.warning("Cancellation check of %s could not reach the database (%s)", what, error)
+                return False
+
         try:
-            with heartbeat:
+            with heartbeat, cancellation(cancelled, min_interval_s=CANCEL_POLL_SECONDS):
                 return body(work)
+        except CancelledError:
+            logger.info(
+                "%s stopped between two batches: it was cancelled (or taken over); nothing written", what
+            )
+            return "cancelled"
         except WorkStopped:
             logger.info("%s stopped: it is no longer this worker's (attempt %s)", what, work.attempt)
             return "stopped"

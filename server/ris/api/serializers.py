@@ -179,10 +179,37 @@ class ReviewOut(serializers.Serializer):
         return review.reviewer.get_username() if review.reviewer else None
 
 
+def pipeline_config_schemas() -> dict[str, dict]:
+    """Each pipeline's config as JSON Schema (types, bounds, choices, defaults), from the torch-free catalogue."""
+    from workers.engine.methods.catalogue import pipeline_catalogue
+
+    return {name: entry.config_class().schema() for name, entry in sorted(pipeline_catalogue().items())}
+
+
+def _config_field_schema() -> dict:
+    schemas = pipeline_config_schemas()
+    return {
+        "type": "object",
+        "nullable": True,
+        "description": (
+            "Settings of the chosen pipeline to override (nested: {'amg': {'points_per_side': 16}}); checked "
+            "at the door: an unknown key, a wrong type, a value out of bounds or a job whose estimated work "
+            "passes the ceilings (RIS_JOB_MAX_PROMPTS, RIS_JOB_MAX_EMBEDDINGS) is a 400 naming the key. One "
+            "schema per pipeline: " + ", ".join(schemas)
+        ),
+        "oneOf": [{**schema, "title": f"{name} config"} for name, schema in schemas.items()],
+    }
+
+
+@extend_schema_field(_config_field_schema())
+class PipelineConfigField(serializers.JSONField):
+    """A job's config overrides (a JSON object); documented with every pipeline's config schema."""
+
+
 class ExpressionCreateInput(serializers.Serializer):
     text = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=100_000)
     pipeline = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=64)
-    config = serializers.JSONField(required=False, allow_null=True)
+    config = PipelineConfigField(required=False, allow_null=True)
 
 
 class ExpressionOut(serializers.Serializer):
@@ -216,3 +243,4 @@ class PipelineOut(serializers.Serializer):
     )
     models = PipelineModelOut(many=True)
     models_present = serializers.BooleanField(help_text="every model of its default config is present")
+    config_schema = serializers.JSONField(help_text="JSON Schema of the pipeline's config (bounds, defaults)")

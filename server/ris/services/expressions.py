@@ -14,8 +14,9 @@ from django.db import transaction
 from server.ris.errors import InvalidInput
 from server.ris.models import Expression, Image, SegmentationJob
 from server.ris.services.jobs import job_enqueue_on_commit
+from workers.engine.core.config import Config
 from workers.engine.core.errors import ConfigError
-from workers.engine.methods.catalogue import pipeline_names, resolve_config
+from workers.engine.methods.catalogue import config_work, pipeline_names, resolve_config
 from workers.engine.store.profiles import pipeline_profile
 
 CONFIG_MAX_JSON_CHARS = 20_000
@@ -67,10 +68,39 @@ def pipeline_check(*, pipeline: str | None, config: Any) -> tuple[str, dict[str,
         )
     overrides = json.loads(encoded)
     try:
-        resolve_config(name, overrides, pipeline_profile(settings.RIS_ENGINE, name).profile)
+        resolved = resolve_config(name, overrides, pipeline_profile(settings.RIS_ENGINE, name).profile)
     except ConfigError as error:
         raise InvalidInput(f"Invalid config for pipeline {name!r}: {error}.") from None
+    work_check(name, resolved)
     return name, overrides
+
+
+def work_check(name: str, config: Config) -> dict[str, int]:
+    """Refuse a config whose estimated work per image passes the ceilings; the estimate otherwise.
+
+    The estimate is ``workers.engine.methods.catalogue.config_work`` (image-encoder passes and mask-decoder
+    prompts of every automatic-mask sub-config); the ceilings are ``RIS_JOB_MAX_EMBEDDINGS`` and
+    ``RIS_JOB_MAX_PROMPTS``. Raises ``InvalidInput`` naming the key, the estimate and the ceiling.
+    """
+    work = config_work(config)
+    limits = (
+        ("embeddings", settings.RIS_JOB_MAX_EMBEDDINGS, "image-encoder passes", ["crop_n_layers"]),
+        (
+            "prompts",
+            settings.RIS_JOB_MAX_PROMPTS,
+            "mask-decoder prompts",
+            ["points_per_side", "crop_n_layers"],
+        ),
+    )
+    for key, ceiling, words, knobs in limits:
+        for where, value in work.get(key, {}).items():
+            if value > ceiling:
+                lower = " or ".join(f"{where}.{knob}" for knob in knobs)
+                raise InvalidInput(
+                    f"Invalid config for pipeline {name!r}: '{where}' asks for {value:,} {words} per image; "
+                    f"the limit is {ceiling:,} (RIS_JOB_MAX_{key.upper()}). Lower {lower}."
+                )
+    return {key: sum(values.values()) for key, values in work.items()}
 
 
 def expression_create(

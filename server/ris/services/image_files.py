@@ -3,7 +3,8 @@
 Everything is read through Django's default storage by the image's key, never by a local path, so a
 worker on another machine reads the same bytes from a shared volume or S3-compatible storage.
 
-Decoding for the engine (``image_load_rgb``) applies the EXIF orientation and converts every accepted
+Decoding for the engine (``image_load_rgb``, by ``workers.engine.data.imaging.decode_rgb``, the decoder the
+benchmark's data sets use too) applies the EXIF orientation and converts every accepted
 mode to ``H x W x 3`` uint8 RGB: CMYK and palette through Pillow, 16-bit and 32-bit grey scaled into
 0-255 (a plain ``convert("RGB")`` would clip them white), images with transparency composited on white,
 animated images as their first frame.
@@ -23,6 +24,7 @@ from PIL import ImageOps
 from server.ris.errors import InvalidInput, StoredFileMissing
 from server.ris.models import Image
 from server.ris.services.images import EXIF_ORIENTATION_TAG
+from workers.engine.data.imaging import ALPHA_MODES, decode_rgb, pil_to_rgb_array
 
 BROWSER_FORMATS = {
     "JPEG": "image/jpeg",
@@ -33,7 +35,7 @@ BROWSER_FORMATS = {
 }
 RENDITION_MIN_SIDE = 16
 RENDITION_JPEG_QUALITY = 88
-_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_ALPHA_MODES = ALPHA_MODES
 
 
 @dataclass(frozen=True)
@@ -70,30 +72,7 @@ def image_load_rgb(image: Image) -> np.ndarray:
 
     ``H`` and ``W`` equal ``image.height`` and ``image.width``.
     """
-    with image_open(image) as picture:
-        picture.seek(0)
-        upright = ImageOps.exif_transpose(picture)
-        return pil_to_rgb_array(upright)
-
-
-def pil_to_rgb_array(picture: PILImage.Image) -> np.ndarray:
-    """Convert any Pillow mode to an ``H x W x 3`` uint8 RGB array (see the module docstring)."""
-    mode = picture.mode
-    if mode.startswith("I") or mode == "F":
-        values = np.asarray(picture).astype(np.float64)
-        top = float(values.max()) if values.size else 0.0
-        bottom = float(values.min()) if values.size else 0.0
-        if mode.startswith("I;16") or (mode == "I" and bottom >= 0 and 255 < top <= 65535):
-            values = values / 257.0
-        elif mode == "F" or bottom < 0 or top > 65535:
-            values = (values - bottom) / (top - bottom) * 255.0 if top > bottom else np.zeros_like(values)
-        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
-    if mode in _ALPHA_MODES or "transparency" in picture.info:
-        rgba = picture.convert("RGBA")
-        white = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(PILImage.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
-    return np.asarray(picture.convert("RGB"), dtype=np.uint8).copy()
+    return decode_rgb(image_read_bytes(image), exif=True)
 
 
 def image_rendition(*, image: Image, max_side: int | None = None) -> Rendition:

@@ -25,6 +25,7 @@ from server.ris.errors import InvalidInput, RisError
 from server.ris.jsonlimits import JsonTooDeep, loads_bounded
 from server.ris.models import Image, Project
 from server.ris.services import expression_create
+from server.ris.services.expressions import pipeline_check
 
 MAX_BULK_ROWS = 10_000
 MAX_BULK_BYTES = 5 * 1024 * 1024
@@ -139,6 +140,24 @@ def _image_index(project: Project) -> dict[str, list[Image]]:
     return index
 
 
+def bulk_config_parse(text: Any) -> dict[str, Any] | None:
+    """The batch's ``config`` form field: JSON text of an object, or nothing (``None``).
+
+    Raises ``InvalidInput`` for text that is not JSON or not an object.
+    """
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if not isinstance(text, str):
+        raise InvalidInput("config must be the JSON text of an object of pipeline settings.")
+    try:
+        value = loads_bounded(text)
+    except ValueError as error:
+        raise InvalidInput(f"config is not JSON ({error}).") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("config must be a JSON object of pipeline settings to override.")
+    return value
+
+
 def expressions_bulk_create(
     *,
     project: Project,
@@ -153,6 +172,8 @@ def expressions_bulk_create(
     ``pipeline`` is the default for rows that name none. Raises ``InvalidInput`` only when the file
     as a whole cannot be read.
     """
+    if config is not None:  # checked once at the door: a bad config is the whole batch's 400
+        pipeline_check(pipeline=pipeline, config=config)
     rows = bulk_rows_parse(data=data, name=name)
     images = _image_index(project)
     result = BulkResult()

@@ -298,7 +298,7 @@ class Config:
         for f in dataclasses.fields(cls):
             hint = hints[f.name]
             if _is_config_type(hint):
-                sub = hint.schema()
+                sub = _with_defaults(hint.schema(), getattr(defaults, f.name).to_dict())
                 if f.metadata.get("doc"):
                     sub["description"] = f.metadata["doc"]
                 properties[f.name] = sub
@@ -323,6 +323,19 @@ class Config:
             schema["title"] = cls.config_name or cls.__name__
             schema["description"] = cls.__doc__.strip().splitlines()[0]
         return schema
+
+
+def _with_defaults(schema: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with each property's default set from ``values`` (a parent's default for its sub-config,
+    e.g. TAS's 8 points per side rather than the generator's own 32)."""
+    for key, prop in schema.get("properties", {}).items():
+        if key not in values:
+            continue
+        if prop.get("type") == "object" and isinstance(values[key], Mapping):
+            _with_defaults(prop, values[key])
+        else:
+            prop["default"] = values[key]
+    return schema
 
 
 def _json_type(hint: Any) -> dict[str, Any]:

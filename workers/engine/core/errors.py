@@ -26,3 +26,7 @@ class ConfigError(EngineError):
 
 class BadInputError(EngineError):
     """An image, mask, prompt or expression the engine cannot work on."""
+
+
+class CancelledError(EngineError):
+    """The work was cancelled while it ran (``workers.engine.core.meter.checkpoint`` found the flag set)."""

@@ -16,6 +16,13 @@ records into the *active* meter, :func:`current_meter`: a pipeline activates its
 The meter is shared by one engine, and its totals are guarded by a lock. To read the cost of one piece of
 work while other threads use the same meter, wrap it in :meth:`Meter.capture`: records made by this thread
 inside the block also go to the returned private meter.
+
+Cancellation rides on the same hook. A caller that can cancel (the worker: a job's Cancel button) wraps the
+work in ``with cancellation(is_cancelled): ...``; the engine calls :func:`checkpoint` between batches (every
+``Meter.stage`` and ``Meter.model_call`` entry, every decoder batch of the mask generator, every crop), and
+``checkpoint`` raises :class:`~workers.engine.core.errors.CancelledError` once ``is_cancelled()`` answers
+True. ``is_cancelled`` is asked at most every ``min_interval_s`` seconds (it may be a database query).
+Outside a ``cancellation`` block ``checkpoint`` does nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from workers.engine.core.errors import CancelledError
 
 
 @dataclass
@@ -57,6 +66,7 @@ class Meter:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time a stage; each entry adds one call and the elapsed seconds (also when it raises)."""
+        checkpoint(name)
         start = time.perf_counter()
         try:
             yield
@@ -70,6 +80,7 @@ class Meter:
     @contextmanager
     def model_call(self, model_name: str, n: int = 1) -> Iterator[None]:
         """Add ``n`` calls of ``model_name`` and the seconds spent in the block."""
+        checkpoint(model_name)
         start = time.perf_counter()
         try:
             yield
@@ -131,3 +142,50 @@ _ACTIVE: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("ris_acti
 def current_meter() -> Meter:
     """The meter activated by the innermost ``Meter.active()`` block; a throw-away meter outside any."""
     return _ACTIVE.get() or _DISCARD
+
+
+# ------------------------------------------------------------------------------------------------------
+# Cancellation
+
+
+class _Cancellation:
+    def __init__(self, is_cancelled: Callable[[], bool], min_interval_s: float) -> None:
+        self.is_cancelled = is_cancelled
+        self.min_interval_s = min_interval_s
+        self.last_asked = float("-inf")
+        self.cancelled = False
+        self.checks = 0
+
+
+_CANCELLATION: contextvars.ContextVar[_Cancellation | None] = contextvars.ContextVar(
+    "ris_cancellation", default=None
+)
+
+
+@contextmanager
+def cancellation(is_cancelled: Callable[[], bool], *, min_interval_s: float = 0.5) -> Iterator[None]:
+    """Let :func:`checkpoint` calls inside the block stop the work once ``is_cancelled()`` is True."""
+    token = _CANCELLATION.set(_Cancellation(is_cancelled, min_interval_s))
+    try:
+        yield
+    finally:
+        _CANCELLATION.reset(token)
+
+
+def checkpoint(where: str = "") -> None:
+    """A point between batches where the work may stop: raises ``CancelledError`` once cancelled.
+
+    Cheap outside a :func:`cancellation` block (one context-variable read) and between two asks.
+    """
+    state = _CANCELLATION.get()
+    if state is None:
+        return
+    if not state.cancelled:
+        now = time.monotonic()
+        if now - state.last_asked < state.min_interval_s:
+            return
+        state.last_asked = now
+        state.checks += 1
+        state.cancelled = bool(state.is_cancelled())
+    if state.cancelled:
+        raise CancelledError(f"cancelled while running ({where})" if where else "cancelled while running")

@@ -12,8 +12,8 @@ Layout under a data root (the layout of github lichengunc/refer, images in the C
 - ``refs(*).p`` is a pickle written by Python 2 (protocol 0, 1 or 2) of a list of refs
   ``{ref_id, ann_id, image_id, split, sentences: [{sent_id, raw, sent, tokens}], category_id}``.
   It is read with a restricted unpickler (plain containers, strings and numbers only: a refs file has no
-  reason to name a class, so one that does is refused rather than executed). Python 2 byte strings that are
-  not ASCII are decoded as latin-1 (docs/METHODS.md#data-the-refer-format).
+  reason to name a class, so one that does is refused rather than executed). Python 2 byte strings are
+  decoded one by one: UTF-8 where valid, latin-1 only where not (docs/BENCHMARK.md#what-a-data-set-must-hold).
 - ``instances.json`` is COCO's: ``images`` (id, file_name, height, width), ``annotations`` (id, image_id,
   polygon or RLE ``segmentation``), ``categories``.
 - Ground truth (docs/METHODS.md#ground-truth, the LAVT / Global-Local CLIP convention): every polygon part is rasterised with
@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from workers.engine.data.imaging import ImageDecodeError, decode_rgb
 from workers.engine.data.refer_format import DATASET_SPLITS, DEFAULT_SPLIT_BY
+from workers.engine.data.validate import (
+    SegmentationError,
+    clean_segmentation,
+    decode_py2_strings,
+    py2_text,
+)
 
 __all__ = [
     "DATASET_SPLITS",
@@ -92,7 +99,7 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def load_refs_pickle(path: Path) -> list[dict]:
-    """Load a ``refs(*).p`` file (any pickle protocol 0-5; Python 2 strings decoded, latin-1 fallback).
+    """Load a ``refs(*).p`` file (any pickle protocol 0-5; Python 2 strings decoded string by string).
 
     Raises:
         DatasetError: the file is missing, is not a pickle, or does not hold a list of ref dicts.
@@ -102,11 +109,9 @@ def load_refs_pickle(path: Path) -> list[dict]:
         raise DatasetError(f"refs file not found: {path}")
     data = path.read_bytes()
     try:
-        try:
-            refs = _PlainUnpickler(io.BytesIO(data)).load()
-        except UnicodeDecodeError:
-            # Python 2 ``str`` values with bytes above 127: read them as latin-1, as REFER's users do.
-            refs = _PlainUnpickler(io.BytesIO(data), encoding="latin1").load()
+        # Python 2 ``str`` values arrive as bytes and are decoded one by one (UTF-8 where valid, latin-1
+        # only where not: workers.engine.data.validate.decode_py2_strings, docs/BENCHMARK.md).
+        refs = decode_py2_strings(_PlainUnpickler(io.BytesIO(data), encoding="bytes").load())
     except (
         pickle.UnpicklingError,
         EOFError,
@@ -115,6 +120,8 @@ def load_refs_pickle(path: Path) -> list[dict]:
         IndexError,
         KeyError,
         AttributeError,
+        MemoryError,
+        RecursionError,
     ) as exc:
         raise DatasetError(f"corrupt refs pickle {path}: {exc}") from exc
     if not isinstance(refs, list):
@@ -134,8 +141,8 @@ def load_refs_pickle(path: Path) -> list[dict]:
 
 
 def _text(value: Any) -> str:
-    """A Python 2 string as ``str`` (bytes are decoded as latin-1)."""
-    return value.decode("latin1") if isinstance(value, bytes) else str(value)
+    """A Python 2 string as ``str`` (bytes: UTF-8 where valid, latin-1 where not)."""
+    return py2_text(value) if isinstance(value, bytes) else str(value)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -147,26 +154,53 @@ def gt_mask_from_segmentation(
 ) -> np.ndarray:
     """Rasterise a COCO ``segmentation`` to an ``H x W`` bool mask by the convention of docs/METHODS.md#ground-truth.
 
-    Polygons (a list of ``[x0, y0, x1, y1, ...]`` parts): each part is rasterised, the parts are summed and
-    foreground is ``sum == 1``, so pixels covered by two parts are background; with ``union=True`` the plain
-    union. An RLE ``segmentation`` (crowd annotations; compressed or uncompressed) is one part.
+    Polygons (a list of ``[x0, y0, x1, y1, ...]`` parts; a flat list is one part): each part is rasterised,
+    the parts are summed and foreground is ``sum == 1``, so pixels covered by two parts are background; with
+    ``union=True`` the plain union. An RLE ``segmentation`` (crowd annotations; compressed or uncompressed)
+    is one part. Everything is checked by ``workers.engine.data.validate.clean_segmentation`` before
+    pycocotools sees it.
+
+    Raises:
+        SegmentationError: a segmentation that cannot be rasterised safely or correctly (a ``DatasetError``
+            subclass would need the file; callers add it).
     """
-    if isinstance(segmentation, list):
-        parts = [p for p in segmentation if len(p) >= 6]
-        if not parts:
-            return np.zeros((height, width), dtype=bool)
-        rles = mask_utils.frPyObjects([[float(v) for v in p] for p in parts], height, width)
+    cleaned = clean_segmentation(segmentation, height, width)
+    if isinstance(cleaned, list):
+        rles = mask_utils.frPyObjects(cleaned, height, width)
         stack = mask_utils.decode(rles)  # H x W x P uint8
         total = stack.astype(np.int32).sum(axis=2)
         return total > 0 if union else total == 1
-    if isinstance(segmentation, dict) and "counts" in segmentation:
-        rle = segmentation
-        if isinstance(rle["counts"], list):
-            rle = mask_utils.frPyObjects(rle, height, width)
-        elif isinstance(rle["counts"], str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-        return mask_utils.decode(rle).astype(bool)
-    raise DatasetError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    rle = cleaned
+    if isinstance(rle["counts"], list):
+        rle = mask_utils.frPyObjects(rle, height, width)
+    return mask_utils.decode(rle).astype(bool)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def decode_dataset_image(data: bytes, height: int, width: int, *, path: Path, where: Path) -> np.ndarray:
+    """Decode a data set's image (see ``ReferDataset.load_image``) and check its size against ``where``.
+
+    Raises:
+        DatasetError: naming ``path``: undecodable, or neither the stored nor the EXIF-rotated picture is
+            ``width x height``.
+    """
+    try:
+        rgb = decode_rgb(data, exif=False)
+        if rgb.shape[:2] != (height, width):
+            upright = decode_rgb(data, exif=True)
+            if upright.shape[:2] == (height, width):
+                rgb = upright
+    except ImageDecodeError as exc:
+        raise DatasetError(f"cannot decode image {path}: {exc}") from None
+    if rgb.shape[:2] != (height, width):
+        raise DatasetError(f"image {path} is {rgb.shape[1]}x{rgb.shape[0]} but {where} says {width}x{height}")
+    return rgb
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -350,39 +384,44 @@ class ReferDataset:
         return self.image_dir / group.file_name
 
     def load_image(self, group: ImageGroup) -> tuple[np.ndarray, bytes]:
-        """The image as ``H x W x 3`` uint8 RGB (pixels as stored; COCO's annotations ignore EXIF) and its bytes.
+        """The image as ``H x W x 3`` uint8 RGB and its bytes, decoded as uploads are
+        (``workers.engine.data.imaging.decode_rgb``: 16-bit, CMYK, palette, alpha).
+
+        Pixels are taken as stored (COCO's annotations ignore EXIF orientation), unless only the EXIF-rotated
+        picture has the size ``instances.json`` gives: then the annotations were made on the rotated one.
 
         Raises:
             MissingImageError: the file is not in the image folder.
             DatasetError: it cannot be decoded, or its size differs from ``instances.json``.
         """
-        from PIL import Image, UnidentifiedImageError
-
         path = self.image_path(group)
         if not path.is_file():
             raise MissingImageError(path, group.image_id)
         data = path.read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DatasetError(f"cannot decode image {path}: {exc}") from exc
-        if rgb.shape[:2] != (group.height, group.width):
-            raise DatasetError(
-                f"image {path} is {rgb.shape[1]}x{rgb.shape[0]} but {self.instances_path} says "
-                f"{group.width}x{group.height}"
-            )
+        rgb = decode_dataset_image(data, group.height, group.width, path=path, where=self.instances_path)
         return rgb, data
 
     def gt_mask(self, ann_id: int) -> np.ndarray:
-        """The ground-truth ``H x W`` bool mask of one annotation (convention set by ``gt_union``)."""
+        """The ground-truth ``H x W`` bool mask of one annotation (convention set by ``gt_union``).
+
+        Raises:
+            DatasetError: the annotation is missing, or its segmentation breaks a rule of
+                ``workers.engine.data.validate`` (the message names the file and the annotation).
+        """
         ann = self._anns.get(int(ann_id))
         if ann is None:
             raise DatasetError(f"annotation {ann_id} is not in {self.instances_path}")
-        image = self._images[int(ann["image_id"])]
-        return gt_mask_from_segmentation(
-            ann["segmentation"], int(image["height"]), int(image["width"]), union=self.gt_union
-        )
+        image = self._images.get(_int_or_none(ann.get("image_id")))
+        if image is None:
+            raise DatasetError(
+                f"{self.instances_path}: annotation {ann_id} names image {ann.get('image_id')!r}, which it lacks"
+            )
+        try:
+            return gt_mask_from_segmentation(
+                ann.get("segmentation"), int(image["height"]), int(image["width"]), union=self.gt_union
+            )
+        except SegmentationError as exc:
+            raise DatasetError(f"{self.instances_path}: annotation {ann_id}: {exc}") from None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready identity of what is read (stored with a run, compared on resume)."""

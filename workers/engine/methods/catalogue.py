@@ -11,6 +11,7 @@ values that profile needs, e.g. the tiny diffusion model's input size). A new me
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -219,3 +220,24 @@ def resolve_config(
 def default_config(name: str, profile: str = "paper") -> Config:
     """The defaults of pipeline ``name`` with the model names of ``profile``."""
     return pipeline_entry(name).default_config(profile)
+
+
+def config_work(config: Config, prefix: str = "") -> dict[str, dict[str, int]]:
+    """The estimated work per image of every sub-config that can tell (``work()``, e.g. ``AmgConfig``).
+
+    Returns ``{measure: {dotted key of the sub-config: amount}}``, e.g.
+    ``{"prompts": {"amg": 1024}, "embeddings": {"amg": 1}, "decoder_batches": {"amg": 16}}``. Torch-free.
+    """
+    totals: dict[str, dict[str, int]] = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if not isinstance(value, Config):
+            continue
+        key = f"{prefix}{item.name}"
+        work = getattr(value, "work", None)
+        if callable(work):
+            for measure, amount in work().items():
+                totals.setdefault(measure, {})[key] = int(amount)
+        for measure, parts in config_work(value, prefix=f"{key}.").items():
+            totals.setdefault(measure, {}).update(parts)
+    return totals

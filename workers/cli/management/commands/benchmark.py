@@ -4,6 +4,7 @@
         [--pipeline tas ...] [--split-by unc|umd|google] [--limit N] [--device cpu|cuda] [--out DIR] \\
         [--resume] [--distributed] [--skip-missing] [--gt-union] [--config PIPELINE.KEY=VALUE ...] \\
         [--schedule per-image|per-ref] [--profile] [--warmup N] [--prefetch N]
+    python manage.py benchmark --check --dataset refcoco --data-root DATA [--split-by unc] [--no-images]
 
 Single process: images in id order, one ``Engine.predict`` per image and pipeline, each image's results
 appended to ``OUT/results.jsonl`` as it finishes; Ctrl-C stops between whole lines and ``--resume``
@@ -22,6 +23,7 @@ what our per-image schedule saves (docs/PERFORMANCE.md), not for scores.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from datetime import datetime
@@ -44,20 +46,50 @@ def build_engine(device: str | None) -> Any:
     return Engine(engine_settings)
 
 
+class _Terminated(Exception):  # noqa: N818  (a signal, not an error)
+    """SIGTERM arrived: the run stops between two images and is marked interrupted."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+class _Beat:
+    """Calls ``beat`` at most every ``interval`` seconds (the run's heartbeat in the database)."""
+
+    def __init__(self, beat: Any, interval: float = 10.0) -> None:
+        self.beat, self.interval, self.last = beat, interval, time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last >= self.interval:
+            self.last = time.monotonic()
+            self.beat()
+
+
 class Command(BaseCommand):
     help = "Benchmark pipelines on RefCOCO / RefCOCO+ / RefCOCOg (REFER files as published). See docs/BENCHMARK.md."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dataset", required=True, choices=["refcoco", "refcoco+", "refcocog"])
         parser.add_argument(
-            "--split", required=True, help="val, testA, testB (RefCOCO/+), val, test (RefCOCOg umd)"
+            "--split",
+            default=None,
+            help="val, testA, testB (RefCOCO/+), val, test (RefCOCOg umd); required to run",
         )
         parser.add_argument(
             "--pipeline",
             action="append",
-            required=True,
+            default=[],
             dest="pipelines",
-            help="pipeline name; repeat for several",
+            help="pipeline name; repeat for several; required to run",
+        )
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="validate the data set (refs, instances.json, images) without models; report every problem",
+        )
+        parser.add_argument(
+            "--no-images", action="store_true", help="with --check: do not decode the images (faster)"
         )
         parser.add_argument(
             "--data-root", required=True, type=Path, help="folder holding refcoco*/ and images/"
@@ -144,6 +176,12 @@ class Command(BaseCommand):
         from workers.engine.methods.catalogue import pipeline_names, resolve_config
         from workers.engine.store.profiles import pipeline_profile
 
+        if opts["check"]:
+            self._check(opts)
+            return
+        missing = [flag for flag, key in (("--split", "split"), ("--pipeline", "pipelines")) if not opts[key]]
+        if missing:
+            raise CommandError(f"{' and '.join(missing)} required to run a benchmark (or use --check)")
         pipelines = list(dict.fromkeys(opts["pipelines"]))
         if opts["limit"] is not None and opts["limit"] < 1:
             raise CommandError(f"--limit must be at least 1, got {opts['limit']}")
@@ -209,6 +247,10 @@ class Command(BaseCommand):
                 )
                 meta["db_run_id"] = run.pk
                 session.folder.write_meta(meta)
+        if run is not None:
+            services.run_attach(run=run)
+        self._beat = _Beat(lambda: services.run_heartbeat(run=run) if run is not None else None)
+        previous_term = signal.signal(signal.SIGTERM, _terminated)
         self.stdout.write(
             f"Benchmark run {f'#{run.pk}' if run else '(not stored)'}: {spec.dataset} ({spec.split_by}) "
             f"{spec.split}, {session.n_images} images, {session.n_sentences} sentences, pipelines "
@@ -242,12 +284,13 @@ class Command(BaseCommand):
                     summary_markdown=report.markdown,
                     figure_png=report.paths["figure"].read_bytes(),
                 )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated) as stop:
+            how = "SIGTERM" if isinstance(stop, _Terminated) else "Ctrl-C"
             if run is not None:
                 services.run_set_state(
                     run=run,
                     state=BenchmarkRun.State.INTERRUPTED,
-                    error="interrupted (Ctrl-C); resume with --resume",
+                    error=f"interrupted ({how}); resume with --resume",
                 )
             resume = " ".join(a for a in sys.argv[1:] if a != "--resume")
             self.stderr.write(
@@ -268,6 +311,8 @@ class Command(BaseCommand):
             if isinstance(exc, DatasetError | ValueError | EngineError | IncompleteRunError):
                 raise CommandError(str(exc)) from exc
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
         self.stdout.write(report.markdown)
         where = (
             f"stored as run #{run.pk} (page /benchmarks/{run.pk}/)"
@@ -348,6 +393,32 @@ class Command(BaseCommand):
             self.stderr.write(f"Notice: {notice}")
 
     # -------------------------------------------------------------------------------------------------
+    def _check(self, opts: dict[str, Any]) -> None:
+        """``--check``: every problem of the data set, one per line; exit status 1 when there is any."""
+        from workers.engine.data.check import check_dataset
+
+        with self._progress(None, 0, opts, "checking") as bar:
+            report = check_dataset(
+                opts["data_root"],
+                opts["dataset"],
+                split_by=[opts["split_by"]] if opts["split_by"] else None,
+                image_dir=opts["image_dir"],
+                text_field=opts["text_field"],
+                check_images=not opts["no_images"],
+                on_step=lambda: bar.update(1),
+            )
+        for problem in report.problems:
+            self.stdout.write(str(problem))
+        counts = (
+            f"{report.n_refs} refs, {report.n_sentences} sentences, {report.n_annotations} annotations, "
+            f"{report.n_images} images"
+        )
+        if report.problems:
+            raise CommandError(
+                f"{len(report.problems)} problem(s) in {opts['dataset']} ({counts}); see above"
+            )
+        self.stdout.write(f"{opts['dataset']}: no problems ({counts})")
+
     def _progress(self, total: int, initial: int, opts: dict[str, Any], desc: str) -> Any:
         from tqdm import tqdm
 
@@ -385,10 +456,14 @@ class Command(BaseCommand):
                 if estimate is not None and opts["warmup"] > 0:
                     bar.write(estimate.line(), file=self.stdout._out)
 
+            def progress(n: int) -> None:
+                bar.update(n)
+                self._beat()
+
             try:
                 outcome = session.run_local(
                     engine,
-                    on_progress=bar.update,
+                    on_progress=progress,
                     on_image=on_image,
                     profile=profile,
                     prefetch=opts["prefetch"],
@@ -444,6 +519,7 @@ class Command(BaseCommand):
             session.total, selectors.sentence_results_count(run=run), opts, "benchmark (distributed)"
         ) as bar:
             while True:
+                self._beat()
                 count = selectors.sentence_results_count(run=run)
                 bar.update(count - bar.n)
                 rates = selectors.worker_rates(run=run)

@@ -8,9 +8,23 @@ needs OpenCV, which this project does not install. We run the generator with tha
 the same clean-up afterwards (``remove_small_regions`` / ``postprocess_small_regions``, on SciPy's
 8-connected component labelling): fill holes and drop islands smaller than the area, then box NMS that
 prefers masks the clean-up left unchanged, as segment-anything documents for this setting.
+
+Guards around the stock generator (issue 15), so that no legal setting raises:
+
+- crops (``crop_n_layers >= 1``): the stock generator scores crops by ``1 / box_area`` of an empty tensor and
+  raises ``IndexError`` when no mask survives in any crop. ``_guard`` replaces the generator's crop loop on the
+  instance: the same per-crop step (``_process_crop``) and the same cross-crop NMS (smaller crops win), but
+  crops of zero width or height are skipped (a 1 x 1 image has them) and nothing surviving gives no mask;
+- cancellation: every decoder batch and every crop passes ``workers.engine.core.meter.checkpoint`` first, and
+  so does every block list of the image encoder (a forward pre-hook put on the model once, ``_encoder_hooks``),
+  so a cancelled job stops between batches, or inside an image embedding between encoder blocks, instead of
+  after the whole generator.
 """
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +33,7 @@ from scipy import ndimage
 from workers.engine.blocks.masks import Proposals, decode_rle_one, encode_rle_one, normalize_rle
 from workers.engine.blocks.proposals.config import AmgConfig
 from workers.engine.core.errors import BadInputError
+from workers.engine.core.meter import checkpoint
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -115,6 +130,63 @@ def postprocess_small_regions(proposals: Proposals, min_area: int, nms_thresh: f
     return cleaned.filter(np.sort(keep.numpy()))
 
 
+class _NothingSurvived(Exception):
+    """No mask survived in any crop: the generator's answer is an empty list."""
+
+
+def _encoder_hooks(sam: torch.nn.Module) -> None:
+    """Put a ``checkpoint`` before every block of ``sam``'s image encoder (once per model; outside a
+    cancellation block a checkpoint is one context-variable read)."""
+    if getattr(sam, "_ris_checkpoints", False):
+        return
+    for child in sam.image_encoder.children():
+        if isinstance(child, torch.nn.ModuleList):  # SAM ViT's ``blocks``, TinyViT's ``layers``
+            for block in child:
+                block.register_forward_pre_hook(lambda module, args: checkpoint("image encoder"))
+    sam._ris_checkpoints = True
+
+
+def _guard(generator: Any) -> None:
+    """Replace ``generator``'s crop loop and wrap its decoder batches (see the module docstring)."""
+    package = sys.modules[type(generator).__module__]  # the generator's own helpers (SAM's or MobileSAM's)
+    process_batch = generator._process_batch
+
+    def checked_batch(*args: Any, **kwargs: Any) -> Any:
+        checkpoint("automatic masks: decoder batch")
+        return process_batch(*args, **kwargs)
+
+    def guarded_masks(image: np.ndarray) -> Any:
+        orig_size = image.shape[:2]
+        crop_boxes, layer_idxs = package.generate_crop_boxes(
+            orig_size, generator.crop_n_layers, generator.crop_overlap_ratio
+        )
+        data = package.MaskData()
+        crops = 0
+        for (x0, y0, x1, y1), layer in zip(crop_boxes, layer_idxs, strict=True):
+            if x1 <= x0 or y1 <= y0:
+                continue  # an empty crop of a tiny image: nothing to embed
+            checkpoint("automatic masks: crop")
+            data.cat(generator._process_crop(image, [x0, y0, x1, y1], layer, orig_size))
+            crops += 1
+        boxes = dict(data.items()).get("boxes")
+        if boxes is None or len(boxes) == 0:
+            raise _NothingSurvived
+        if crops > 1:  # duplicates across crops: the mask from the smaller crop wins
+            crop_areas = package.box_area(data["crop_boxes"]).float().clamp(min=1.0)
+            keep = package.batched_nms(
+                data["boxes"].float(),
+                (1.0 / crop_areas).to(data["boxes"].device),
+                torch.zeros(len(data["boxes"]), device=data["boxes"].device),
+                iou_threshold=generator.crop_nms_thresh,
+            )
+            data.filter(keep)
+        data.to_numpy()
+        return data
+
+    generator._process_batch = checked_batch
+    generator._generate_masks = guarded_masks
+
+
 @torch.no_grad()
 def generate_proposals(sam: torch.nn.Module, rgb: np.ndarray, config: AmgConfig | None = None) -> Proposals:
     """Automatic masks of ``rgb`` (``H x W x 3`` uint8) with ``sam`` under ``config``.
@@ -139,7 +211,12 @@ def generate_proposals(sam: torch.nn.Module, rgb: np.ndarray, config: AmgConfig 
         min_mask_region_area=0,  # done below without OpenCV
         output_mode="coco_rle",
     )
-    records = generator.generate(rgb)
+    _guard(generator)
+    _encoder_hooks(sam)
+    try:
+        records = generator.generate(rgb)
+    except _NothingSurvived:
+        records = []
     proposals = Proposals.from_rles(
         [normalize_rle(r["segmentation"]) for r in records],
         (rgb.shape[0], rgb.shape[1]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workers.engine.core.config import Config, setting
+from workers.engine.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,37 @@ class AmgConfig(Config):
     min_mask_region_area: int = setting(
         0, low=0, high=1_000_000, doc="fill holes and remove islands smaller than this many pixels (0: off)"
     )
+
+    def check(self) -> None:
+        """The deepest crop layer needs at least one grid point per side.
+
+        segment-anything builds layer ``i``'s grid with ``points_per_side // crop_n_points_downscale_factor ** i``
+        points per side; zero divides by zero inside the generator.
+        """
+        deepest = self.points_per_side // self.crop_n_points_downscale_factor**self.crop_n_layers
+        if deepest < 1:
+            raise ConfigError(
+                f"config keys 'points_per_side', 'crop_n_points_downscale_factor' and 'crop_n_layers': crop layer "
+                f"{self.crop_n_layers} would get {self.points_per_side} // {self.crop_n_points_downscale_factor}"
+                f"**{self.crop_n_layers} = 0 points per side; lower the factor or the layers, or raise "
+                "points_per_side"
+            )
+
+    def work(self) -> dict[str, int]:
+        """What one image costs under these settings, before any model runs.
+
+        ``embeddings``: image-encoder passes (the whole image plus every crop: layer ``i`` has ``4 ** i``
+        crops); ``prompts``: grid points through the mask decoder (``(points_per_side // f ** i) ** 2`` per
+        crop of layer ``i``); ``decoder_batches``: ``ceil(prompts / points_per_batch)`` per crop, summed.
+        """
+        embeddings = prompts = batches = 0
+        for layer in range(self.crop_n_layers + 1):
+            crops = 4**layer
+            per_crop = (self.points_per_side // self.crop_n_points_downscale_factor**layer) ** 2
+            embeddings += crops
+            prompts += crops * per_crop
+            batches += crops * -(-per_crop // self.points_per_batch)
+        return {"embeddings": embeddings, "prompts": prompts, "decoder_batches": batches}
 
 
 #: The proposal settings of TAS's public code (docs/METHODS.md#generator-settings-per-method).
