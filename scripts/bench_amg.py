@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.engine.blocks.masks import mask_iou  # noqa: E402
-from workers.engine.blocks.proposals.amg import generate_proposals  # noqa: E402
+from workers.engine.blocks.proposals.amg import stock_proposals  # noqa: E402
 from workers.engine.blocks.proposals.config import AmgConfig  # noqa: E402
 from workers.engine.blocks.proposals.fast_amg import FastMaskGenerator  # noqa: E402
 from workers.engine.core.settings import EngineSettings  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> int:
 
     if not args.skip_stock:
         start = time.perf_counter()
-        stock = generate_proposals(sam, rgb, config)
+        stock = stock_proposals(sam, rgb, config)
         figures["stock_s"] = round(time.perf_counter() - start, 2)
         figures["stock_masks"] = len(stock)
         figures["speedup"] = round(figures["stock_s"] / max(figures["ours_s"], 1e-9), 2)
