@@ -10,7 +10,8 @@ reverse (each mask's best IoU against the other set). ``--json`` writes the figu
 Usage::
 
     .venv/bin/python scripts/bench_amg.py [--points 32] [--size 512] [--model mobile_sam] [--store DIR]
-                                          [--decode-batch 128] [--margin 0.15] [--threads N] [--json OUT]
+                                          [--decode-batch 128] [--margin 0.15] [--decoder shared|stock]
+                                          [--crop-layers 0] [--threads N] [--skip-stock] [--json OUT]
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--store", type=Path, default=None, help="model store (default $RIS_MODEL_DIR)")
     parser.add_argument("--decode-batch", type=int, default=128)
     parser.add_argument("--margin", type=float, default=0.15)
+    parser.add_argument("--decoder", choices=("shared", "stock"), default="shared")
     parser.add_argument("--crop-layers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--skip-stock", action="store_true", help="time ours only (no ratio, no match)")
@@ -91,12 +93,15 @@ def main() -> int:
         "crop_n_layers": args.crop_layers,
         "decode_batch": args.decode_batch,
         "margin": args.margin,
+        "decoder": args.decoder,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
     }
-    generator = FastMaskGenerator(sam, config, decode_batch=args.decode_batch, margin=args.margin)
+    generator = FastMaskGenerator(
+        sam, config, decode_batch=args.decode_batch, margin=args.margin, decoder=args.decoder
+    )
     start = time.perf_counter()
     ours, _embedding = generator.generate(rgb)
     figures["ours_s"] = round(time.perf_counter() - start, 2)

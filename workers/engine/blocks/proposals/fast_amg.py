@@ -6,7 +6,8 @@ a crop edge dropped, box NMS per crop and across crops. What changes is where th
 
 - the image is encoded once per crop, and the whole-image embedding can come from the per-image cache
   (``embedding=``) and is handed back, so a later refine click runs only the prompt decoder;
-- the prompt decoder runs on large point batches (``decode_batch``);
+- the prompt decoder runs on large point batches (``decode_batch``) without per-prompt copies of the image
+  work (``decoder.decode_points``; ``decoder="stock"`` runs the model's own decoder for bit-equal output);
 - the filters run first on the decoder's low-resolution logits (``256 x 256``): the predicted-IoU filter is
   exact there (it does not depend on the mask), and the stability score is computed at low resolution and
   only masks more than ``margin`` below the threshold are dropped. Every full-resolution logit is a convex
@@ -47,6 +48,7 @@ from torchvision.ops import batched_nms, box_area
 from workers.engine.blocks.masks import Proposals, encode_rle
 from workers.engine.blocks.proposals.amg import check_rgb, postprocess_small_regions, predictor_class
 from workers.engine.blocks.proposals.config import AmgConfig
+from workers.engine.blocks.proposals.decoder import decode_points
 from workers.engine.blocks.proposals.refine import ImageEmbedding
 
 #: ``on_progress(points_done, points_total)``; may raise to stop the run (cancellation).
@@ -109,6 +111,10 @@ class FastMaskGenerator:
         decode_batch: grid points through the prompt decoder at once (memory grows with it: about
             ``decode_batch x 16 MB`` for SAM-sized decoders).
         margin: see the module docstring; ``>= 1`` turns the low-resolution pre-filter off.
+        decoder: ``"shared"`` (default): :func:`~workers.engine.blocks.proposals.decoder.decode_points`, the
+            prompt decoder without per-prompt copies of the image work (equal to float rounding);
+            ``"stock"``: the model's own ``MaskDecoder`` as ``SamPredictor.predict_torch`` calls it (the
+            stock generator's arithmetic exactly).
     """
 
     def __init__(
@@ -118,7 +124,10 @@ class FastMaskGenerator:
         *,
         decode_batch: int = DEFAULT_DECODE_BATCH,
         margin: float = DEFAULT_MARGIN,
+        decoder: str = "shared",
     ) -> None:
+        if decoder not in ("shared", "stock"):
+            raise ValueError(f"decoder must be 'shared' or 'stock', got {decoder!r}")
         if decode_batch < 1:
             raise ValueError(f"decode_batch must be >= 1, got {decode_batch}")
         if margin < 0:
@@ -127,6 +136,7 @@ class FastMaskGenerator:
         self.config = config or AmgConfig()
         self.decode_batch = int(decode_batch)
         self.margin = float(margin)
+        self.decoder = decoder
         self.predictor = predictor_class(sam)(sam)
         c = self.config
         self.point_grids = build_all_layer_point_grids(
@@ -222,6 +232,15 @@ class FastMaskGenerator:
         coords = torch.as_tensor(transformed, device=predictor.device)[:, None, :]
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=predictor.device)
         sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        if self.decoder == "shared":
+            low_res, iou = decode_points(
+                model.mask_decoder,
+                predictor.features,
+                model.prompt_encoder.get_dense_pe(),
+                sparse,
+                dense[:1],  # no mask prompt: the same dense embedding for every point
+            )
+            return low_res.flatten(0, 1), iou.flatten(0, 1)
         low_res, iou = model.mask_decoder(
             image_embeddings=predictor.features,
             image_pe=model.prompt_encoder.get_dense_pe(),
