@@ -13,6 +13,13 @@ Configs are resolved once, here: a job's overrides over the profile's defaults (
 :meth:`~workers.engine.methods.catalogue.PipelineEntry.resolve`). :meth:`Engine.predict` returns the
 candidates together with the resolved config (:class:`Prediction`), so the job and the benchmark record what
 actually ran.
+
+For the interactive loop, :meth:`Engine.predict` takes ``on_progress(stage, done, total)`` (long image work
+reports between its units, e.g. ``("proposals", points done, points in all)``; a cancellation check there
+may raise and stops the work, nothing half-done cached) and ``on_partial(prediction)`` (early candidates
+from a coarse ``COARSE_POINTS_PER_SIDE`` grid on an image without proposals yet, ``partial=True``, to show
+at once and replace by the returned final prediction). The SAM embedding made by automatic mask generation
+is cached per image, so :meth:`Engine.refine` on that image runs only the prompt decoder.
 """
 
 from __future__ import annotations
