@@ -20,12 +20,15 @@ import pytest
 import torch
 
 from workers.engine.blocks.masks import Proposals
-from workers.engine.blocks.proposals.amg import generate_proposals
+from workers.engine.blocks.proposals.amg import generate_proposals, stock_proposals
 from workers.engine.blocks.proposals.config import AmgConfig
 from workers.engine.core.errors import ConfigError
 from workers.engine.store.loaders.sam import SAM_TINY_ARCH, build_sam_tiny
 
-GENERATORS: list[Callable[..., Proposals]] = [generate_proposals]
+GENERATORS: list[Callable[..., Proposals]] = [
+    generate_proposals,
+    stock_proposals,
+]  # ours (fast) and the stock one
 
 IMAGES: dict[str, np.ndarray] = {
     "blank": np.zeros((24, 32, 3), dtype=np.uint8),

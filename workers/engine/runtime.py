@@ -13,21 +13,29 @@ Configs are resolved once, here: a job's overrides over the profile's defaults (
 :meth:`~workers.engine.methods.catalogue.PipelineEntry.resolve`). :meth:`Engine.predict` returns the
 candidates together with the resolved config (:class:`Prediction`), so the job and the benchmark record what
 actually ran.
+
+For the interactive loop, :meth:`Engine.predict` takes ``on_progress(stage, done, total)`` (long image work
+reports between its units, e.g. ``("proposals", points done, points in all)``; a cancellation check there
+may raise and stops the work, nothing half-done cached) and ``on_partial(prediction)`` (early candidates
+from a coarse ``COARSE_POINTS_PER_SIDE`` grid on an image without proposals yet, ``partial=True``, to show
+at once and replace by the returned final prediction). The SAM embedding made by automatic mask generation
+is cached per image, so :meth:`Engine.refine` on that image runs only the prompt decoder.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from workers.engine.blocks.masks import decode_rle_one, encode_rle_one
+from workers.engine.blocks.proposals.cached import EMBEDDING_KIND, embedding_params, proposals_cached
 from workers.engine.blocks.proposals.refine import ImageEmbedding, PromptRefiner
-from workers.engine.core.cache import FeatureCache, ImageContext, cache_params
+from workers.engine.core.cache import FeatureCache, ImageContext
 from workers.engine.core.config import config_hash
 from workers.engine.core.errors import BadInputError, ModelStoreError
 from workers.engine.core.meter import Meter
@@ -47,6 +55,12 @@ _MAX_BUILT_PIPELINES = 16
 #: The SAM model that answers refine clicks, before the profile maps it to its stand-in.
 REFINE_MODEL = "sam_vit_h"
 
+#: Points per side of the coarse grid behind early candidates (``Engine.predict(on_partial=...)``).
+COARSE_POINTS_PER_SIDE = 8
+
+#: ``progress(stage, done, total)``: long image work reports between its units; may raise to stop it.
+ProgressCallback = Callable[[str, int, int], None]
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -59,12 +73,15 @@ class Prediction:
         config: the full JSON-able config that ran (profile defaults + the caller's overrides).
         profile: the plain model profile the pipeline ran with (``auto`` resolved: ``paper``, ``cpu`` or
             ``tiny``).
+        partial: ``True`` for early candidates (``on_partial``): ranked over a coarse set of proposals, to
+            be replaced by the final prediction.
     """
 
     candidates: list[list[Candidate]]
     pipeline: str
     config: dict[str, Any]
     profile: str
+    partial: bool = False
 
 
 class Engine:
@@ -141,11 +158,11 @@ class Engine:
                 except ModelStoreError as error:
                     raise ModelStoreError(f"config key {key!r}: {error}") from None
 
-    def context(self, image: ImageInput) -> ImageContext:
-        """An :class:`ImageContext` on the engine's cache and meter."""
+    def context(self, image: ImageInput, progress: ProgressCallback | None = None) -> ImageContext:
+        """An :class:`ImageContext` on the engine's cache and meter, reporting to ``progress``."""
         if not isinstance(image, ImageInput):
             raise BadInputError(f"the engine needs an ImageInput, got {type(image).__name__}")
-        return ImageContext(image=image, cache=self.cache, meter=self.meter)
+        return ImageContext(image=image, cache=self.cache, meter=self.meter, progress=progress)
 
     def predict(
         self,
@@ -156,12 +173,24 @@ class Engine:
         config: Mapping[str, Any] | None = None,
         top_k: int | None = None,
         isolated: bool = False,
+        on_progress: ProgressCallback | None = None,
+        on_partial: Callable[[Prediction], None] | None = None,
     ) -> Prediction:
         """Rank ``image``'s masks for each expression with ``pipeline`` under ``config`` (overrides).
 
         ``isolated=True`` does the image-level work afresh in a throwaway in-memory cache, neither reading
         nor filling the engine's cache: the peers' per-ref schedule, for cost measurements only
         (``manage.py benchmark --schedule per-ref``).
+
+        Args:
+            on_progress: ``on_progress(stage, done, total)`` between units of long image work (the automatic
+                mask generator: ``("proposals", points done, points in all)``); what it raises (a cancelled
+                job) stops the work and propagates.
+            on_partial: early candidates. When given, and the image has no proposals under this config yet,
+                and the pipeline's generator grid is finer than ``COARSE_POINTS_PER_SIDE``: proposals on the
+                coarse grid first (same SAM embedding, which the full run then reuses), ranked by the same
+                pipeline, handed to ``on_partial`` as a ``Prediction`` with ``partial=True``; then the full
+                run, returned as usual. Otherwise ``on_partial`` is not called.
 
         Raises:
             BadInputError: a single string instead of a list, an empty expression, or ``top_k < 1``.
@@ -171,23 +200,65 @@ class Engine:
             raise BadInputError("expressions must be a list of strings, not a single string")
         if top_k is not None and top_k < 1:
             raise BadInputError(f"top_k must be a positive number of candidates, got {top_k}")
-        ctx = self.context(image)
+        ctx = self.context(image, on_progress)
         if isolated:
             ctx = ImageContext(
-                image=image, cache=FeatureCache(memory_bytes=self.cache.memory_bytes), meter=self.meter
+                image=image,
+                cache=FeatureCache(memory_bytes=self.cache.memory_bytes),
+                meter=self.meter,
+                progress=on_progress,
             )
         built = self.pipeline(pipeline, config)
         self.check_models(built.config)
+        if on_partial is not None and not isolated:
+            coarse = self._coarse_pipeline(ctx, pipeline, built)
+            if coarse is not None:
+                on_partial(self._run(ctx, coarse, pipeline, expressions, top_k, partial=True))
+        return self._run(ctx, built, pipeline, expressions, top_k)
+
+    def _run(
+        self,
+        ctx: ImageContext,
+        built: Pipeline,
+        pipeline: str,
+        expressions: Sequence[str],
+        top_k: int | None,
+        *,
+        partial: bool = False,
+    ) -> Prediction:
         autocast = autocast_context(self.settings.autocast, getattr(self.hub, "device", "cpu"), built.config)
-        with self.meter.stage(f"predict:{pipeline}"), autocast:
+        with self.meter.stage(f"predict:{pipeline}" + (":coarse" if partial else "")), autocast:
             results = built.predict(ctx, list(expressions))
         if top_k is not None:
             results = [ranked[:top_k] for ranked in results]
-        return Prediction(results, pipeline, built.config.to_dict(), self.profile_for(pipeline))
+        return Prediction(
+            results, pipeline, built.config.to_dict(), self.profile_for(pipeline), partial=partial
+        )
 
-    def prepare(self, image: ImageInput, *, pipeline: str, config: Mapping[str, Any] | None = None) -> None:
-        """Do ``pipeline``'s image-level work into the cache, so a later ``predict`` does none."""
-        ctx = self.context(image)
+    def _coarse_pipeline(self, ctx: ImageContext, name: str, built: Pipeline) -> Pipeline | None:
+        """The same pipeline on a ``COARSE_POINTS_PER_SIDE`` grid, or ``None`` when early candidates would
+        not come earlier: no SAM generator in the config, a grid already that coarse, or proposals cached."""
+        config = built.config
+        amg = getattr(config, "amg", None)
+        source = getattr(config, "proposal_source", None)
+        if amg is None or not isinstance(source, str) or not catalogue_has(source):
+            return None
+        if amg.points_per_side <= COARSE_POINTS_PER_SIDE or proposals_cached(ctx, self.hub, source, amg):
+            return None
+        coarse = replace(config, amg=replace(amg, points_per_side=COARSE_POINTS_PER_SIDE))
+        return self.pipeline(name, coarse)
+
+    def prepare(
+        self,
+        image: ImageInput,
+        *,
+        pipeline: str,
+        config: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """Do ``pipeline``'s image-level work into the cache, so a later ``predict`` does none
+        (``on_progress`` as in :meth:`predict`)."""
+        ctx = self.context(image, on_progress)
         built = self.pipeline(pipeline, config)
         self.check_models(built.config)
         autocast = autocast_context(self.settings.autocast, getattr(self.hub, "device", "cpu"), built.config)
@@ -208,9 +279,7 @@ class Engine:
                 embedding = refiner.set_image(ctx.rgb)
             return embedding.to_state()
 
-        state = ctx.cached(
-            "sam_embedding", cache_params(models={"sam": self.hub.fingerprint(sam_name)}), embed
-        )
+        state = ctx.cached(EMBEDDING_KIND, embedding_params(self.hub, sam_name), embed)
         return ImageEmbedding.from_state(state)
 
     def _refiner(self, sam_name: str) -> PromptRefiner:

@@ -128,10 +128,16 @@ def decode_rle_one(rle: RLE) -> np.ndarray:
 
 
 def rle_area(rles: Sequence[RLE]) -> np.ndarray:
-    """Foreground pixel counts, shape ``N`` int64."""
+    """Foreground pixel counts, shape ``N`` int64.
+
+    Counted in chunks of at most 255 masks: pycocotools 2.0.11's ``area`` overflows (``OverflowError``) on a
+    list of 256 or more.
+    """
     if len(rles) == 0:
         return np.zeros((0,), dtype=np.int64)
-    return np.asarray(mask_utils.area(_to_coco(rles)), dtype=np.int64).reshape(-1)
+    coco = _to_coco(rles)
+    parts = [np.asarray(mask_utils.area(coco[i : i + 255]), dtype=np.int64) for i in range(0, len(coco), 255)]
+    return np.concatenate(parts).reshape(-1)
 
 
 def rle_bbox_xyxy(rles: Sequence[RLE]) -> np.ndarray:

@@ -287,11 +287,20 @@ class ImageContext:
         image: the decoded image (``rgb`` ``H x W x 3`` uint8, ``sha256``).
         cache: the per-image cache (shared by every pipeline and every expression).
         meter: where stages and model calls are counted.
+        progress: ``progress(stage, done, total)``, called by long image work between its units (the
+            automatic mask generator: ``("proposals", points done, points in all)``); it may raise to stop
+            the work (a cancelled job), and nothing half-done is cached then. ``None``: nobody listens.
     """
 
     image: ImageInput
     cache: FeatureCache = field(default_factory=lambda: FeatureCache(memory_bytes=256 << 20))
     meter: Meter = field(default_factory=Meter)
+    progress: Callable[[str, int, int], None] | None = None
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        """Tell ``progress`` (if any) that ``done`` of ``total`` units of ``stage`` are done."""
+        if self.progress is not None:
+            self.progress(stage, done, total)
 
     @property
     def sha256(self) -> str:

@@ -1,7 +1,9 @@
 """Automatic mask generation with SAM (vit_h / vit_l / vit_b / tiny) and MobileSAM (vit_t).
 
-The real ``SamAutomaticMaskGenerator`` classes do the work (segment_anything's for ``ImageEncoderViT``
-models, MobileSAM's for its TinyViT model); ``AmgConfig`` carries every generator setting as data.
+``generate_proposals`` runs the engine's ``FastMaskGenerator`` (``fast_amg``: the stock output, faster);
+``stock_proposals`` runs the real ``SamAutomaticMaskGenerator`` classes (segment_anything's for
+``ImageEncoderViT`` models, MobileSAM's for its TinyViT model), the reference it is measured against.
+``AmgConfig`` carries every generator setting as data.
 
 One deliberate difference: the generator's own small-region clean-up (``min_mask_region_area > 0``)
 needs OpenCV, which this project does not install. We run the generator with that step off and apply
@@ -24,6 +26,7 @@ Guards around the stock generator (issue 15), so that no legal setting raises:
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -187,13 +190,38 @@ def _guard(generator: Any) -> None:
     generator._generate_masks = guarded_masks
 
 
-@torch.no_grad()
-def generate_proposals(sam: torch.nn.Module, rgb: np.ndarray, config: AmgConfig | None = None) -> Proposals:
+def generate_proposals(
+    sam: torch.nn.Module,
+    rgb: np.ndarray,
+    config: AmgConfig | None = None,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Proposals:
     """Automatic masks of ``rgb`` (``H x W x 3`` uint8) with ``sam`` under ``config``.
+
+    Runs :class:`~workers.engine.blocks.proposals.fast_amg.FastMaskGenerator` (the stock generator's output,
+    faster; ``on_progress(points_done, points_total)`` between decoder batches). :func:`stock_proposals` runs
+    the stock generator itself (benchmarks and agreement tests).
 
     Returns ``Proposals`` (RLE masks of ``H x W``, ``xyxy`` boxes, areas, predicted IoU, stability score)
     in the generator's order.
     """
+    from workers.engine.blocks.proposals.fast_amg import FastMaskGenerator
+
+    def progress(done: int, total: int) -> None:
+        checkpoint("automatic masks: decoder batch")  # a cancelled job stops here (issue 15)
+        if on_progress is not None:
+            on_progress(done, total)
+
+    _encoder_hooks(sam)
+    proposals, _embedding = FastMaskGenerator(sam, config).generate(rgb, on_progress=progress)
+    return proposals
+
+
+@torch.no_grad()
+def stock_proposals(sam: torch.nn.Module, rgb: np.ndarray, config: AmgConfig | None = None) -> Proposals:
+    """Automatic masks of ``rgb`` by the stock ``SamAutomaticMaskGenerator`` of ``sam``'s package, same
+    output format as :func:`generate_proposals`."""
     config = config or AmgConfig()
     rgb = check_rgb(rgb)
     generator = generator_class(sam)(
