@@ -67,7 +67,7 @@ class ImageExpressionsApi(APIView):
         image = selectors.image_get(user=request.user, image_id=image_id)
         expressions = selectors.expression_list(user=request.user, image=image)
         for expression in expressions:
-            with_queue_position(expression.latest_job)
+            with_queue_position(expression.latest_job, request.user)
         return Response(ExpressionOut(expressions, many=True).data)
 
     @extend_schema(
@@ -79,5 +79,5 @@ class ImageExpressionsApi(APIView):
         data.is_valid(raise_exception=True)
         expression = services.expression_create(image=image, author=request.user, **data.validated_data)
         expression = selectors.expression_get(user=request.user, expression_id=expression.pk)
-        with_queue_position(expression.latest_job)
+        with_queue_position(expression.latest_job, request.user)
         return Response(ExpressionOut(expression).data, status=status.HTTP_201_CREATED)
