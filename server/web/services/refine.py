@@ -1,4 +1,4 @@
-"""Click-to-refine: SAM point / box prompts on an image, answered by a worker on the ``gpu`` queue.
+"""Click-to-refine: SAM point / box prompts on an image, answered by a worker of the ``interactive`` lane.
 
 ``refine_request_create`` checks the prompts and stores the request; the task
 ``workers.web_tasks.refine_mask`` is sent by name when the transaction commits (the web process never
