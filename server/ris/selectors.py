@@ -51,6 +51,11 @@ def _visible(queryset: QuerySet, user: User, project_path: str) -> QuerySet:
     return queryset if ids is None else queryset.filter(**{f"{project_path}__in": ids})
 
 
+def queryset_visible(*, queryset: QuerySet, user: User, project_path: str) -> QuerySet:
+    """Rows of ``queryset`` in projects ``user`` may read (``project_path``: the lookup to the project id)."""
+    return _visible(queryset, user, project_path)
+
+
 def project_list_for_user(*, user: User) -> QuerySet[Project]:
     return _visible(Project.objects.all(), user, "id").order_by("name", "id")
 
@@ -230,5 +235,6 @@ __all__ = [
     "job_timing",
     "project_get",
     "project_list_for_user",
+    "queryset_visible",
     "review_list",
 ]
