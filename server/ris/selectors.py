@@ -188,6 +188,20 @@ def job_queue_position(*, job: SegmentationJob, user: User) -> int | None:
     return _visible(ahead, user, "expression__image__project_id").exclude(pk=job.pk).count()
 
 
+def job_recent_timings(*, job_id: int, n: int = 5) -> list[dict]:
+    """``timings`` of the last ``n`` succeeded jobs of job ``job_id``'s pipeline (newest first), for estimates."""
+    pipeline = SegmentationJob.objects.filter(pk=job_id).values_list("pipeline", flat=True).first()
+    if pipeline is None:
+        return []
+    rows = (
+        SegmentationJob.objects.filter(pipeline=pipeline, state=JobState.SUCCEEDED)
+        .exclude(pk=job_id)
+        .order_by("-finished_at")
+        .values_list("timings", flat=True)[:n]
+    )
+    return [dict(row or {}) for row in rows]
+
+
 def job_timing(*, job: SegmentationJob, now: datetime | None = None) -> dict[str, float | None]:
     """Seconds the job has waited or run so far, and an estimate of the seconds left (None: unknown).
 
@@ -232,6 +246,7 @@ __all__ = [
     "job_get",
     "job_latest_for_expression",
     "job_queue_position",
+    "job_recent_timings",
     "job_timing",
     "project_get",
     "project_list_for_user",

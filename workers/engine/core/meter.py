@@ -16,6 +16,11 @@ records into the *active* meter, :func:`current_meter`: a pipeline activates its
 The meter is shared by one engine, and its totals are guarded by a lock. To read the cost of one piece of
 work while other threads use the same meter, wrap it in :meth:`Meter.capture`: records made by this thread
 inside the block also go to the returned private meter.
+
+Progress for the page: :meth:`Meter.watch` registers a listener, for one thread, that hears each stage
+as it starts (``listener(name, None, None, "")``) and each :meth:`Meter.progress` report inside a stage
+(``listener("proposals", 3, 16, "point batches")``: done, total, unit). A listener's errors propagate:
+that is how a worker stops the engine when its job was cancelled.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+Listener = Callable[[str, "int | None", "int | None", str], None]
 
 
 @dataclass
@@ -57,11 +64,33 @@ class Meter:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time a stage; each entry adds one call and the elapsed seconds (also when it raises)."""
+        self._tell(name, None, None, "")
         start = time.perf_counter()
         try:
             yield
         finally:
             self._record("_stages", name, 1, time.perf_counter() - start)
+
+    def progress(self, name: str, done: int, total: int, unit: str = "") -> None:
+        """Report ``done`` of ``total`` ``unit`` in stage ``name`` to this thread's listeners (no tally)."""
+        self._tell(name, int(done), int(total), unit)
+
+    def _tell(self, name: str, done: int | None, total: int | None, unit: str) -> None:
+        for target in self._targets():
+            for listener in list(getattr(target._local, "listeners", ())):
+                listener(name, done, total, unit)
+
+    @contextmanager
+    def watch(self, listener: Listener) -> Iterator[None]:
+        """Call ``listener(name, done, total, unit)`` on each stage start and progress report of this thread."""
+        listeners = getattr(self._local, "listeners", None)
+        if listeners is None:
+            listeners = self._local.listeners = []
+        listeners.append(listener)
+        try:
+            yield
+        finally:
+            listeners.remove(listener)
 
     def count(self, model_name: str, n: int = 1) -> None:
         """Add ``n`` calls of ``model_name`` (no seconds)."""
