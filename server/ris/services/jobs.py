@@ -66,9 +66,14 @@ JOB_WORK = WorkKind(
 
 
 def job_dispatch(*, job_id: int) -> bool:
-    """Send the job's message to its lane's queue now and record when; False if the broker refused."""
+    """Send the job's message to its lane's queue now and record when; False if the broker refused.
+
+    A job in the task's routed lane (interactive) is sent by the route (so the app's routing, a test's
+    included, decides); a job of another lane names its lane's queue.
+    """
     lane = SegmentationJob.objects.filter(pk=job_id).values_list("lane", flat=True).first()
-    return work_dispatch(JOB_WORK, pk=job_id, queue=lane_queue(lane) if lane else None)
+    queue = lane_queue(lane) if lane else None
+    return work_dispatch(JOB_WORK, pk=job_id, queue=None if queue == JOB_WORK.routed_queue() else queue)
 
 
 def job_enqueue_on_commit(*, job_id: int) -> None:
