@@ -20,8 +20,10 @@ trap stop EXIT
 # One worker process per lane (workers/lanes.py), so a click or a typed expression never waits behind
 # background work (preparing uploads, bulk rows, benchmark shards): the interactive one also serves the
 # light default queue (the reconciler, milliseconds) and runs the beat. Each process loads its own models.
+VAR=${RIS_VAR_DIR:-var}
+mkdir -p "$VAR"
 "$PY" -m celery -A workers.celery_app worker -Q interactive,default --concurrency 1 --pool solo \
-  --prefetch-multiplier 1 -B -s var/celerybeat-schedule --loglevel INFO -n "interactive@%h" &
+  --prefetch-multiplier 1 -B -s "$VAR/celerybeat-schedule" --loglevel INFO -n "interactive@%h" &
 pids+=($!)
 "$PY" -m celery -A workers.celery_app worker -Q background --concurrency 1 --pool solo \
   --prefetch-multiplier 1 --loglevel INFO -n "background@%h" &
