@@ -42,6 +42,50 @@ def test_embedded_broker_names_sort_in_send_order():
     assert all(name.endswith(".interactive.msg") for name in names)
 
 
+def _burst_order(connection) -> list[int]:
+    queue = connection.SimpleQueue(f"order-probe-{uuid.uuid4().hex[:6]}")
+    try:
+        for i in range(300):  # back to back: many land in one millisecond
+            queue.put(i)
+        got = []
+        for _ in range(300):
+            message = queue.get(timeout=30)
+            message.ack()
+            got.append(message.payload)
+        return got
+    finally:
+        queue.clear()
+        queue.close()
+
+
+def test_embedded_broker_delivers_a_burst_in_order(tmp_path):
+    # kombu's own filesystem transport returned 105 of 299 neighbours out of order in this burst.
+    from kombu import Connection
+
+    folders = {key: str(tmp_path / key) for key in ("data_folder_in", "processed_folder")}
+    folders["data_folder_out"] = folders["data_folder_in"]
+    for folder in folders.values():
+        Path(folder).mkdir(exist_ok=True)
+    with Connection(
+        "filesystem://", transport="workers.broker_fs:Transport", transport_options=folders
+    ) as conn:
+        assert _burst_order(conn) == list(range(300))
+    assert not list((tmp_path / "data_folder_in").iterdir())  # every message taken, nothing half-written left
+
+
+@pytest.mark.services
+def test_redis_delivers_a_burst_in_order():
+    from kombu import Connection
+
+    broker = settings.CELERY_BROKER_URL
+    if not broker.startswith("redis://"):
+        pytest.fail(
+            f"this test needs CELERY_BROKER_URL=redis://... (got {broker!r}); run it through `make test`"
+        )
+    with Connection(broker) as conn:
+        assert _burst_order(conn) == list(range(300))
+
+
 def _env(broker: str, base: Path) -> dict[str, str]:
     env = {
         **os.environ,
