@@ -140,12 +140,25 @@ class Client:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Token {token}"
         self.stack = stack
+        self.retries: list[str] = []
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.session.request(method, self.base + path, timeout=120, **kwargs)
-        if response.status_code >= 400:
-            raise SystemExit(f"{method} {path}: {response.status_code} {response.text[:500]}")
-        return response.json()
+        """One API call; a 503 or a dropped connection (a loaded machine) is tried again, up to 10 times."""
+        for attempt in range(10):
+            try:
+                response = self.session.request(method, self.base + path, timeout=120, **kwargs)
+            except requests.ConnectionError as error:
+                self.retries.append(f"{method} {path}: {error}")
+                time.sleep(min(5.0, 0.5 * 2**attempt))
+                continue
+            if response.status_code == 503 and method == "GET":
+                self.retries.append(f"{method} {path}: 503")
+                time.sleep(min(5.0, 0.5 * 2**attempt))
+                continue
+            if response.status_code >= 400:
+                raise SystemExit(f"{method} {path}: {response.status_code} {response.text[:500]}")
+            return response.json()
+        raise SystemExit(f"{method} {path}: no answer after 10 tries: {self.retries[-3:]}")
 
     def wait_job(self, job_id: int, ceiling_s: float) -> tuple[dict, float]:
         """Poll the job until it ends; (job, seconds waited). Fails after ``ceiling_s``."""
@@ -330,6 +343,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ]
         result["flood_still_active"] = sum(1 for j in jobs if j["state"] in ("queued", "running"))
         result["load_after"] = os.getloadavg()
+        result["api_retries"] = len(client.retries)
         return result
     finally:
         stack.stop()
