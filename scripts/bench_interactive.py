@@ -43,7 +43,7 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field")
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 POLL_S = 0.1
 
 
