@@ -44,8 +44,10 @@ def test_queued_place_then_stage_and_estimate(
 
     sign_in(page, live_server)
     page.goto(f"{live_server.url}/images/{mine.pk}/")
-    queued = page.locator(".job-stage", has_text="Queued in the interactive lane: 1 ahead")
-    queued.wait_for(timeout=WAIT_MS)
+    status = page.locator(".job-status", has=page.locator(".job-stage", has_text="In the interactive lane"))
+    status.first.wait_for(timeout=WAIT_MS)
+    # Mine: "the earlier one" is ahead; the bulk rows (background lane) and the other person's jobs are not.
+    assert "Queued: 1 job ahead" in status.first.inner_text(), status.first.inner_text()
     shot(page, "job-queued-lane")
 
     SegmentationJob.objects.filter(pk=job.pk).update(
@@ -55,7 +57,7 @@ def test_queued_place_then_stage_and_estimate(
         progress=0.32,
         stage={"name": "proposals", "done": 384, "total": 1024, "unit": "points", "estimate_s": 95.0},
     )
-    running = page.locator(".job-stage", has_text="Running: finding masks, 384 of 1024 points")
+    running = page.locator(".job-stage", has_text="Finding masks, 384 of 1024 points")
     running.wait_for(timeout=WAIT_MS)
     text = running.inner_text()
     assert "so far" in text and "about 1 min" in text, text

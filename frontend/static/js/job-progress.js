@@ -32,12 +32,12 @@ export function progressLine(job) {
   if (!job) return "";
   const lane = job.lane === "background" ? "background lane" : "interactive lane";
   if (job.state === "queued") {
-    const ahead = job.queue_position;
-    const place = ahead === 0 ? "next" : ahead ? `${ahead} ahead` : "waiting";
-    return `Queued in the ${lane}: ${place} · waited ${seconds(job.elapsed_s) || "0 s"}`;
+    // The badge says the place (jobs ahead in this lane that you may see); this says which lane and how long.
+    return `In the ${lane} · waited ${seconds(job.elapsed_s) || "0 s"}`;
   }
   if (job.state === "running") {
-    const parts = [`Running: ${stageWords(job.stage)}`, `${seconds(job.elapsed_s) || "0 s"} so far`];
+    const words = stageWords(job.stage);
+    const parts = [words.charAt(0).toUpperCase() + words.slice(1), `${seconds(job.elapsed_s) || "0 s"} so far`];
     if (job.estimate_s !== null && job.estimate_s !== undefined) parts.push(`about ${seconds(job.estimate_s)} left`);
     return parts.join(" · ");
   }
