@@ -175,7 +175,7 @@ RIS_JOB_STALE_SECONDS = env.int("RIS_JOB_STALE_SECONDS", default=2400)
 RIS_RECONCILE_INTERVAL = env.int("RIS_RECONCILE_INTERVAL", default=60)
 RIS_JOB_MAX_ATTEMPTS = env.int("RIS_JOB_MAX_ATTEMPTS", default=3)  # jobs, refine requests and shards alike
 RIS_REFINE_STALE_SECONDS = env.int("RIS_REFINE_STALE_SECONDS", default=300)
-# Each new image is prepared (proposals, image features) in the background at low priority.
+# Each new image is prepared (proposals, image features) by the background lane, one task per image.
 RIS_PREPARE_ON_UPLOAD = env.bool("RIS_PREPARE_ON_UPLOAD", default=True)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's filesystem transport, made to deliver in order (workers/broker_fs.py says what it fixes).

@@ -1,5 +1,5 @@
 """Segmentation jobs: ``run_segmentation_job`` (a job id in, the ranked candidates stored) and
-``prepare_image`` (a low-priority warm-up of an image's engine work).
+``prepare_image`` (a warm-up of one image's engine work: one unit of the background lane).
 
 The job runs through the shared lifecycle (``workers.tasks.lifecycle``): claimed by the rule of all work,
 a heartbeat while it runs (a cancelled job is noticed and its result not written), the error in words on
@@ -120,7 +120,7 @@ def run_segmentation_job(self: Any, job_id: int) -> str:
 
 @app.task(bind=True, name="workers.tasks.prepare_image", max_retries=0, ignore_result=True)
 def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
-    """Warm-up at low priority: do an image's image-level engine work into the cache ahead of time.
+    """Warm-up in the background lane: one image's image-level engine work into the cache ahead of time.
 
     Not a work row: nothing waits on it, so it has no claim and no retry; a failure costs only time
     (the image's first job does the work itself) and is logged.
