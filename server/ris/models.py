@@ -113,8 +113,9 @@ class SegmentationJob(models.Model):
     of old jobs). ``enqueued_at`` is when it last joined its lane (creation, or a Retry): the queue
     position orders by it. ``stage`` is what the worker is doing now, for the page:
     ``{"name": "proposals", "done": 3, "total": 16, "unit": "point batches", "estimate_s": 12.5}``
-    (``name`` one of ``waiting_preparation``, ``loading``, ``proposals``, ``features``, ``scoring``,
-    ``writing``; the other keys optional).
+    (``name`` one of ``loading``, ``proposals``, ``features``, ``scoring``, ``writing``, as
+    ``workers/tasks/progress.py`` reports them; the page also words ``waiting_preparation``, which no worker
+    reports yet; the other keys optional).
     """
 
     expression = models.ForeignKey(Expression, on_delete=models.CASCADE, related_name="jobs")
