@@ -56,6 +56,7 @@ def _burst_order(connection) -> list[int]:
     finally:
         queue.clear()
         queue.close()
+        connection.default_channel.queue_delete(queue.queue.name)
 
 
 def test_embedded_broker_delivers_a_burst_in_order(tmp_path):
