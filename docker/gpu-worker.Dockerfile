@@ -23,6 +23,7 @@ COPY . .
 RUN useradd --create-home --uid 1000 ris && mkdir -p /models /var/cache/ris && chown -R ris /models /var/cache/ris
 USER ris
 HEALTHCHECK --interval=60s --timeout=20s --retries=3 CMD celery -A workers.celery_app inspect ping -d "gpu@$HOSTNAME" || exit 1
-# One process per GPU: run one container per device (CUDA_VISIBLE_DEVICES / device_ids in compose).
-CMD ["celery", "-A", "workers.celery_app", "worker", "-Q", "gpu", "--pool", "solo", "--concurrency", "1", \
-     "--prefetch-multiplier", "1", "-n", "gpu@%h", "--loglevel", "INFO"]
+# One process per GPU; without a command it serves both lanes (workers/lanes.py), so interactive work can
+# wait behind one background task. compose.yaml runs it twice per device instead: one process per lane.
+CMD ["celery", "-A", "workers.celery_app", "worker", "-Q", "interactive,background", "--pool", "solo", \
+     "--concurrency", "1", "--prefetch-multiplier", "1", "-n", "gpu@%h", "--loglevel", "INFO"]

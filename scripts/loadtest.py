@@ -166,7 +166,13 @@ def broker_messages_remove(broker_url: str, job_ids: set[int]) -> int:
     client = redis.Redis.from_url(broker_url)
     removed = 0
     try:
-        for key in client.scan_iter(match="gpu*"):
+        # The lanes' queues (workers/lanes.py), and "gpu", the one queue before lanes.
+        keys = {
+            key
+            for pattern in ("interactive*", "background*", "gpu*")
+            for key in client.scan_iter(match=pattern)
+        }
+        for key in sorted(keys):
             if client.type(key) != b"list":
                 continue
             for raw in client.lrange(key, 0, -1):

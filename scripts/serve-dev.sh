@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serve the web app and one Celery worker (plus the reconciler's beat) together; Ctrl-C stops all.
+# Serve the web app and two Celery workers, one per lane (plus the reconciler's beat); Ctrl-C stops all.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 HOST=${HOST:-127.0.0.1}
@@ -13,16 +13,24 @@ stop() {
   for _ in 1 2 3 4 5; do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 1; done
   kill -KILL "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
-  echo "stopped the web server and the worker"
+  echo "stopped the web server and the workers"
 }
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 export RIS_WORKER_READY_FILE="${RIS_VAR_DIR:-var}/.worker-ready"
 rm -f "$RIS_WORKER_READY_FILE"
+# One worker process per lane (workers/lanes.py), so a click or a typed expression never waits behind
+# background work (preparing uploads, bulk rows, benchmark shards): the interactive one also serves the
+# light default queue (the reconciler, milliseconds) and runs the beat. Each process loads its own models.
 # Running as root (a container) makes Celery warn about privileges on every start; nothing to act on here.
-PYTHONWARNINGS="ignore:You're running the worker with superuser privileges${PYTHONWARNINGS:+,$PYTHONWARNINGS}" \
-"$PY" -m celery -A workers.celery_app worker -Q gpu,default --concurrency 1 --pool solo -B -s var/celerybeat-schedule \
-  --loglevel INFO -n "gpu@%h" &
+VAR=${RIS_VAR_DIR:-var}
+mkdir -p "$VAR"
+export PYTHONWARNINGS="ignore:You're running the worker with superuser privileges${PYTHONWARNINGS:+,$PYTHONWARNINGS}"
+"$PY" -m celery -A workers.celery_app worker -Q interactive,default --concurrency 1 --pool solo \
+  --prefetch-multiplier 1 -B -s "$VAR/celerybeat-schedule" --loglevel INFO -n "interactive@%h" &
+pids+=($!)
+"$PY" -m celery -A workers.celery_app worker -Q background --concurrency 1 --pool solo \
+  --prefetch-multiplier 1 --loglevel INFO -n "background@%h" &
 pids+=($!)
 "$PY" manage.py runserver "$HOST:$PORT" --noreload &
 pids+=($!)
@@ -35,6 +43,6 @@ echo
 echo "  RIS annotate is serving at http://$HOST:$PORT/  (API schema: /api/schema/, admin: /admin/)"
 if [[ -n ${RIS_START_NOTE:-} && -s $RIS_START_NOTE ]]; then sed 's/^/  /' "$RIS_START_NOTE"; fi
 rm -f "${RIS_START_NOTE:-/nonexistent}"
-echo "  Press Ctrl-C to stop the web server and the worker."
+echo "  Press Ctrl-C to stop the web server and the workers (interactive and background lanes)."
 echo
 wait -n "${pids[@]}" || true

@@ -6,8 +6,10 @@ inside their task bodies.
 Configuration comes from Django settings (``CELERY_*``), so it is read from the environment in
 one place.
 
-Queues: ``gpu`` for model work (one worker process per device, prefetch 1, late acks so a
-killed worker's job is delivered again), ``default`` for light periodic work (the reconciler).
+Queues: one per lane (``workers.lanes``: ``interactive`` for work a person waits for, ``background``
+for the rest; model work, one solo worker process per lane and device, prefetch 1, late acks so a killed
+worker's job is delivered again), ``default`` for light periodic work (the reconciler). The embedded
+broker (``filesystem://``) is ``workers.broker_fs``: kombu's filesystem transport, delivering in order.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from datetime import timedelta
 import environ
 
 from workers.engine.core.settings import PROJECT_ROOT, EngineSettings, project_path, var_dir
+from workers.lanes import task_routes as lane_task_routes
 
 BASE_DIR = PROJECT_ROOT
 
@@ -238,9 +239,11 @@ RIS_JOB_STALE_SECONDS = env.int("RIS_JOB_STALE_SECONDS", default=2400)
 RIS_RECONCILE_INTERVAL = env.int("RIS_RECONCILE_INTERVAL", default=60)
 RIS_JOB_MAX_ATTEMPTS = env.int("RIS_JOB_MAX_ATTEMPTS", default=3)  # jobs, refine requests and shards alike
 RIS_REFINE_STALE_SECONDS = env.int("RIS_REFINE_STALE_SECONDS", default=300)
-# Each new image is prepared (proposals, image features) in the background at low priority.
+# Each new image is prepared (proposals, image features) by the background lane, one task per image.
 RIS_PREPARE_ON_UPLOAD = env.bool("RIS_PREPARE_ON_UPLOAD", default=True)
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport, made to deliver in order (workers/broker_fs.py says what it fixes).
+    CELERY_BROKER_TRANSPORT = "workers.broker_fs:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(RIS_BROKER_DIR / "queue"),
         "data_folder_out": str(RIS_BROKER_DIR / "queue"),
@@ -268,12 +271,10 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("RIS_JOB_SOFT_TIME_LIMIT", default=1800)
 CELERY_TASK_TIME_LIMIT = env.int("RIS_JOB_TIME_LIMIT", default=1900)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Task names are those the tasks had before workers/tasks/ became a package (queued messages survive an
-# upgrade); server.ris.services.dispatch names them for the web process.
+# upgrade); server.ris.services.dispatch names them for the web process. Each model task goes to its
+# lane's queue (interactive / background: workers/lanes.py, the one place routing is decided).
 CELERY_TASK_ROUTES = {
-    "workers.tasks.run_segmentation_job": {"queue": "gpu"},
-    "workers.tasks.prepare_image": {"queue": "gpu"},
-    "workers.benchmark_tasks.run_benchmark_shard": {"queue": "gpu"},
-    "workers.web_tasks.refine_mask": {"queue": "gpu"},
+    **lane_task_routes(),
     "workers.tasks.reconcile_jobs": {"queue": "default"},
 }
 CELERY_BEAT_SCHEDULE = {

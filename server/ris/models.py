@@ -14,6 +14,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Project(models.Model):
@@ -107,6 +108,13 @@ class JobState(models.TextChoices):
 ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
 
 
+class JobLane(models.TextChoices):
+    """The lane (and broker queue, ``workers.lanes``) a job runs in."""
+
+    INTERACTIVE = "interactive", "Interactive"
+    BACKGROUND = "background", "Background"
+
+
 class SegmentationJob(models.Model):
     """The database row is the truth about a job; a queue message carries only its id.
 
@@ -115,6 +123,13 @@ class SegmentationJob(models.Model):
     ``heartbeat_at`` moves on each claim and progress report: a running job whose heartbeat is older
     than ``RIS_JOB_STALE_SECONDS`` is taken to have lost its worker. ``dispatched_at`` is when its
     message was last handed to the broker; null means it never was (broker down at the time).
+    ``lane`` is the queue it is sent to (interactive: typed on one image; background: bulk rows, retries
+    of old jobs). ``enqueued_at`` is when it last joined its lane (creation, or a Retry): the queue
+    position orders by it. ``stage`` is what the worker is doing now, for the page:
+    ``{"name": "proposals", "done": 3, "total": 16, "unit": "point batches", "estimate_s": 12.5}``
+    (``name`` one of ``loading``, ``proposals``, ``features``, ``scoring``, ``writing``, as
+    ``workers/tasks/progress.py`` reports them; the page also words ``waiting_preparation``, which no worker
+    reports yet; the other keys optional).
     """
 
     expression = models.ForeignKey(Expression, on_delete=models.CASCADE, related_name="jobs")
@@ -122,12 +137,15 @@ class SegmentationJob(models.Model):
     config = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
     progress = models.FloatField(default=0.0)
+    stage = models.JSONField(default=dict, blank=True)
+    lane = models.CharField(max_length=16, choices=JobLane.choices, default=JobLane.INTERACTIVE)
     error = models.TextField(blank=True, default="")
     timings = models.JSONField(default=dict, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=255, blank=True, default="")
     celery_task_id = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -138,6 +156,7 @@ class SegmentationJob(models.Model):
         indexes = [
             models.Index(fields=["state", "created_at"], name="ris_job_state_created"),
             models.Index(fields=["expression", "created_at"], name="ris_job_expr_created"),
+            models.Index(fields=["lane", "state", "enqueued_at"], name="ris_job_lane_state_enq"),
         ]
         constraints = [
             models.CheckConstraint(

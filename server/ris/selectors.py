@@ -14,8 +14,11 @@ An image's status is derived in one annotated query, never stored:
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Case, Exists, OuterRef, Q, QuerySet, Value, When
+from django.utils import timezone
 
 from server.ris.errors import InvalidInput, ObjectNotFound
 from server.ris.models import (
@@ -46,6 +49,11 @@ def _project_ids_for(user: User) -> QuerySet | None:
 def _visible(queryset: QuerySet, user: User, project_path: str) -> QuerySet:
     ids = _project_ids_for(user)
     return queryset if ids is None else queryset.filter(**{f"{project_path}__in": ids})
+
+
+def queryset_visible(*, queryset: QuerySet, user: User, project_path: str) -> QuerySet:
+    """Rows of ``queryset`` in projects ``user`` may read (``project_path``: the lookup to the project id)."""
+    return _visible(queryset, user, project_path)
 
 
 def project_list_for_user(*, user: User) -> QuerySet[Project]:
@@ -161,15 +169,62 @@ def job_get(*, user: User, job_id: int) -> SegmentationJob:
     return job
 
 
-def job_queue_position(*, job: SegmentationJob) -> int | None:
-    """Jobs ahead of ``job`` (queued or running, created before it); None once it is running or over."""
+def job_queue_position(*, job: SegmentationJob, user: User) -> int | None:
+    """Jobs ahead of ``job`` in its lane that ``user`` may see; None once it is running or over.
+
+    Counted: jobs of the same lane (``interactive`` / ``background``: each its own queue and workers)
+    that are running, or queued and joined the lane before it (``enqueued_at``, then id: a Retry joins
+    at the back), in projects ``user`` may read. Never counted: other lanes (their workers are others),
+    finished or cancelled jobs, and jobs of projects ``user`` is not a member of (their count would
+    tell about other people's work). 0 means next in line.
+    """
     if job.state != JobState.QUEUED:
         return None
-    return (
-        SegmentationJob.objects.filter(state__in=ACTIVE_JOB_STATES)
-        .filter(Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk))
-        .count()
+    ahead = SegmentationJob.objects.filter(lane=job.lane).filter(
+        Q(state=JobState.RUNNING)
+        | Q(state=JobState.QUEUED, enqueued_at__lt=job.enqueued_at)
+        | Q(state=JobState.QUEUED, enqueued_at=job.enqueued_at, pk__lt=job.pk)
     )
+    return _visible(ahead, user, "expression__image__project_id").exclude(pk=job.pk).count()
+
+
+def job_recent_timings(*, job_id: int, n: int = 5) -> list[dict]:
+    """``timings`` of the last ``n`` succeeded jobs of job ``job_id``'s pipeline (newest first), for estimates."""
+    pipeline = SegmentationJob.objects.filter(pk=job_id).values_list("pipeline", flat=True).first()
+    if pipeline is None:
+        return []
+    rows = (
+        SegmentationJob.objects.filter(pipeline=pipeline, state=JobState.SUCCEEDED)
+        .exclude(pk=job_id)
+        .order_by("-finished_at")
+        .values_list("timings", flat=True)[:n]
+    )
+    return [dict(row or {}) for row in rows]
+
+
+def job_timing(*, job: SegmentationJob, now: datetime | None = None) -> dict[str, float | None]:
+    """Seconds the job has waited or run so far, and an estimate of the seconds left (None: unknown).
+
+    ``elapsed_s``: since it joined its lane while queued, since its claim while running, its run time
+    once over. ``estimate_s``: the worker's own estimate (``stage["estimate_s"]``, made at its last
+    report) less the seconds since that report; else, from progress p > 0.05, elapsed x (1 - p) / p.
+    """
+    now = now or timezone.now()
+    if job.state == JobState.QUEUED:
+        return {"elapsed_s": max(0.0, (now - job.enqueued_at).total_seconds()), "estimate_s": None}
+    if job.state != JobState.RUNNING or job.started_at is None:
+        end = job.finished_at or now
+        start = job.started_at or job.enqueued_at
+        return {"elapsed_s": max(0.0, (end - start).total_seconds()), "estimate_s": None}
+    elapsed = max(0.0, (now - job.started_at).total_seconds())
+    estimate: float | None = None
+    stage = job.stage if isinstance(job.stage, dict) else {}
+    reported = stage.get("estimate_s")
+    if isinstance(reported, int | float) and job.heartbeat_at is not None:
+        estimate = max(0.0, float(reported) - (now - job.heartbeat_at).total_seconds())
+    elif job.progress > 0.05:
+        estimate = elapsed * (1.0 - job.progress) / job.progress
+    return {"elapsed_s": elapsed, "estimate_s": estimate}
 
 
 def candidate_list(*, job: SegmentationJob) -> QuerySet[Candidate]:
@@ -191,7 +246,10 @@ __all__ = [
     "job_get",
     "job_latest_for_expression",
     "job_queue_position",
+    "job_recent_timings",
+    "job_timing",
     "project_get",
     "project_list_for_user",
+    "queryset_visible",
     "review_list",
 ]

@@ -1,9 +1,10 @@
 """Click-to-refine requests of the review page.
 
 A ``RefineRequest`` is one call of SAM's point / box prompt on an image: the browser posts the clicks,
-a worker on the ``gpu`` queue answers with a COCO RLE mask, the browser polls for it. The row is the
+a worker on the ``interactive`` lane answers with a COCO RLE mask, the browser polls for it. The row is the
 truth (as for segmentation jobs): the queue message carries only its id, and the result stays here so
-a reload or a slow model call loses nothing.
+a reload or a slow model call loses nothing. A request still queued when a newer one arrives for the same
+image (and expression) is ``superseded``: the worker skips it, and the newer one is answered instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class RefineState(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    SUPERSEDED = "superseded", "Superseded by a newer click"
 
 
 class RefineRequest(models.Model):

@@ -147,11 +147,11 @@ def workers(engine_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
             conn.default_channel.queue_delete(queue)
 
 
-def test_shard_task_is_routed_to_the_gpu_queue() -> None:
+def test_shard_task_is_routed_to_the_background_lane() -> None:
     from workers.celery_app import app
 
     route = app.amqp.router.route({}, "workers.benchmark_tasks.run_benchmark_shard")
-    assert route["queue"].name == "gpu"
+    assert route["queue"].name == "background"
     import workers.tasks.benchmark  # noqa: F401  (registers the task under its agreed name)
 
     assert "workers.benchmark_tasks.run_benchmark_shard" in app.tasks

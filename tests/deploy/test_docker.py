@@ -118,7 +118,7 @@ def test_gpu_worker_image_is_cuda_based_and_never_forks() -> None:
     assert steps[0][0] == "FROM" and steps[0][1].startswith("nvidia/cuda:")
     cmd = next(rest for kw, rest in steps if kw == "CMD")
     # One process per GPU: the solo pool never forks after CUDA is initialised.
-    assert '"--pool", "solo"' in cmd and '"--concurrency", "1"' in cmd and '"gpu"' in cmd
+    assert '"--pool", "solo"' in cmd and '"--concurrency", "1"' in cmd and '"interactive,background"' in cmd
     env = " ".join(rest for kw, rest in steps if kw == "ENV")
     assert "RIS_MODEL_DIR=/models" in env and "RIS_DEVICE=cuda" in env
 

@@ -184,3 +184,16 @@ def test_refine_with_a_point_returns_a_mask_holding_it(
     tiny = PromptRefiner(model_hub.get("sam_tiny"))
     with pytest.raises(BadInputError, match="another model"):
         tiny.set_embedding(embedding)
+
+
+def test_stock_generator_reports_every_point(model_hub: ModelHub) -> None:
+    from workers.engine.core.meter import Meter
+
+    meter = Meter()
+    heard: list[tuple] = []
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    config = AmgConfig(points_per_side=4, points_per_batch=5, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    with meter.active(), meter.watch(lambda *event: heard.append(event)):
+        generate_proposals(model_hub.get("sam_tiny"), rgb, config)
+    assert [event[1] for event in heard] == [5, 10, 15, 16]
+    assert {event[2] for event in heard} == {16}

@@ -295,7 +295,7 @@ class CeleryProcess:
 
     @classmethod
     def worker(
-        cls, *, env: dict[str, str], logs: Path, label: str, queues: str = "gpu,default"
+        cls, *, env: dict[str, str], logs: Path, label: str, queues: str = "interactive,background,default"
     ) -> CeleryProcess:
         name = f"{label}-{uuid.uuid4().hex[:6]}"
         command = [

@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-QUEUE_KEY_PATTERNS = ("gpu*", "default*", "unacked*")
+QUEUE_KEY_PATTERNS = ("interactive*", "background*", "default*", "unacked*")
 
 
 def purge_broker(broker_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Dispatch against the real Redis broker: messages land in the routed queue, priorities included, and
+"""Dispatch against the real Redis broker: messages land in their lane's queue, and
 the reconciler's queue count sees them."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import time
 import pytest
 
 from server.ris.services.dispatch import (
+    BACKGROUND_QUEUE,
     JOB_QUEUE,
-    LOW_PRIORITY,
     PREPARE_IMAGE,
     RUN_SEGMENTATION_JOB,
     broker_queue_size,
@@ -19,11 +19,13 @@ from server.ris.services.dispatch import (
 pytestmark = pytest.mark.services
 
 
-def test_sent_messages_are_counted_in_the_gpu_queue(real_broker):
+def test_sent_messages_are_counted_in_their_lanes_queue(real_broker):
     assert broker_queue_size(JOB_QUEUE) == 0
     assert task_send(RUN_SEGMENTATION_JOB, args=[987_654]) is not None
-    assert task_send(PREPARE_IMAGE, args=[987_654], priority=LOW_PRIORITY) is not None
-    assert broker_queue_size(JOB_QUEUE) == 2
+    assert task_send(PREPARE_IMAGE, args=[987_654]) is not None
+    assert task_send(RUN_SEGMENTATION_JOB, args=[987_655], queue=BACKGROUND_QUEUE) is not None
+    assert broker_queue_size(JOB_QUEUE) == 1
+    assert broker_queue_size(BACKGROUND_QUEUE) == 2
     assert broker_queue_size("default") == 0
 
 

@@ -89,7 +89,7 @@ def worker(
     env.setdefault("DJANGO_SETTINGS_MODULE", "server.config.settings")
     command = [
         sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-Q", "gpu,default", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
+        "-Q", "interactive,background,default", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
         "-n", f"e2e-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
     with open(log_path, "w") as log:

@@ -149,11 +149,11 @@ def test_image_status_follows_expressions_jobs_and_reviews(project, user):
 
 def test_queue_position_counts_jobs_ahead(image, user):
     jobs = [job_of(expression_make(image, user, f"thing {i}")) for i in range(3)]
-    assert [selectors.job_queue_position(job=j) for j in jobs] == [0, 1, 2]
+    assert [selectors.job_queue_position(job=j, user=user) for j in jobs] == [0, 1, 2]
     job_claim(job_id=jobs[0].pk, worker="w")
     jobs[0].refresh_from_db()
-    assert selectors.job_queue_position(job=jobs[0]) is None
-    assert selectors.job_queue_position(job=jobs[2]) == 2  # the running one is still ahead
+    assert selectors.job_queue_position(job=jobs[0], user=user) is None
+    assert selectors.job_queue_position(job=jobs[2], user=user) == 2  # the running one is still ahead
 
 
 def test_other_projects_objects_are_not_found(answered, image, project, other_user):

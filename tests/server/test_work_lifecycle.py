@@ -488,7 +488,7 @@ def test_a_row_that_stops_being_the_workers_is_noticed_and_nothing_is_written(ki
         assert Candidate.objects.filter(job_id=pk).count() == 0
     elif kind.name == "refine":
         assert outcome == "discarded" and row.state == "failed" and row.result_rle is None
-        assert "the worker refining it stopped responding" in row.error
+        assert "is gone: no heartbeat for" in row.error, row.error
     else:  # the shard stopped after the image in hand; its new message goes on from there
         assert outcome == "stopped" and row.state == "queued" and row.attempts == 1
         stored = BenchmarkSentenceResult.objects.filter(run=row.run).count()
@@ -523,16 +523,54 @@ def test_a_heartbeat_survives_a_database_error_and_stops_when_told():
 def test_refine_expiry_says_what_happened(project, user, sent):
     from server.web.services.refine import refine_requests_expire
 
-    image = image_make(project, user, width=30, height=20)
-    make = lambda: refine_request_create(image=image, requested_by=user, points_xy=[[3, 3]], labels=[1]).pk  # noqa: E731
-    never_taken, lost, fresh = make(), make(), make()
+    images = [
+        image_make(project, user, name=f"{i}.png", color=(i, 9, 9), width=30, height=20) for i in range(4)
+    ]
+
+    def make(image):
+        return refine_request_create(image=image, requested_by=user, points_xy=[[3, 3]], labels=[1]).pk
+
+    never_taken, lost, busy, fresh = (make(image) for image in images)
     refine_request_claim(request_id=lost, worker="w1@gone", task_id="m-1")
-    RefineRequest.objects.filter(pk__in=[never_taken, lost]).update(created_at=timezone.now() - LONG_AGO)
-    assert refine_requests_expire(stale_seconds=300) == sorted([never_taken, lost])
+    refine_request_claim(request_id=busy, worker="w2@slow", task_id="m-2")
+    RefineRequest.objects.filter(pk__in=[never_taken, lost, busy]).update(
+        created_at=timezone.now() - LONG_AGO
+    )
+    RefineRequest.objects.filter(pk=lost).update(heartbeat_at=timezone.now() - LONG_AGO)
+    assert refine_requests_expire(stale_seconds=300) == sorted([never_taken, lost, busy])
     rows = {r.pk: r for r in RefineRequest.objects.all()}
-    assert rows[never_taken].error.startswith("The model did not answer within 300 s: no worker picked")
-    assert "the worker refining it stopped responding" in rows[lost].error
+    # Queued behind the two running ones; a worker started something lately, so it is not "no worker".
+    assert rows[never_taken].error.startswith(
+        "The model did not answer within 300 s: it is still queued behind 2 items"
+    )
+    assert "(w1@gone) is gone: no heartbeat for" in rows[lost].error
+    assert "w2@slow is still on it" in rows[busy].error
     assert rows[fresh].state == "queued"
+
+
+def test_refine_expiry_names_a_missing_interactive_worker(project, user, sent):
+    from server.web.services.refine import refine_requests_expire
+
+    image = image_make(project, user, width=30, height=20)
+    pk = refine_request_create(image=image, requested_by=user, points_xy=[[3, 3]], labels=[1]).pk
+    RefineRequest.objects.filter(pk=pk).update(created_at=timezone.now() - LONG_AGO)
+    assert refine_requests_expire(stale_seconds=300) == [pk]
+    assert "no interactive worker started anything" in RefineRequest.objects.get(pk=pk).error
+
+
+def test_a_newer_click_supersedes_a_queued_older_one(project, user, sent):
+    image = image_make(project, user, width=30, height=20)
+    first = refine_request_create(image=image, requested_by=user, points_xy=[[3, 3]], labels=[1]).pk
+    second = refine_request_create(
+        image=image, requested_by=user, points_xy=[[3, 3], [5, 5]], labels=[1, 0]
+    ).pk
+    assert RefineRequest.objects.get(pk=first).state == "superseded"
+    assert refine_request_claim(request_id=first, worker="w", task_id="m-1") is None  # the worker skips it
+    assert refine_request_claim(request_id=second, worker="w", task_id="m-2") is not None
+    # A running request is left to finish; only queued ones are superseded.
+    third = refine_request_create(image=image, requested_by=user, points_xy=[[4, 4]], labels=[1]).pk
+    assert RefineRequest.objects.get(pk=second).state == "running"
+    assert RefineRequest.objects.get(pk=third).state == "queued"
 
 
 # -- names ------------------------------------------------------------------------------------------

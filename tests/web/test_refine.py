@@ -192,10 +192,11 @@ def test_lost_refine_requests_are_failed_in_words_by_the_reconciler(
     body = {"image": refine_setup["image"].pk, "points_xy": [[10, 10]], "labels": [1]}
     with django_capture_on_commit_callbacks(execute=True):
         old_id = web_client.post("/web/refine/", body, content_type="application/json").json()["id"]
-        fresh_id = web_client.post("/web/refine/", body, content_type="application/json").json()["id"]
     RefineRequest.objects.filter(pk=old_id).update(
         state="running", created_at=timezone.now() - timedelta(hours=1)
     )
+    with django_capture_on_commit_callbacks(execute=True):
+        fresh_id = web_client.post("/web/refine/", body, content_type="application/json").json()["id"]
     report = reconcile_jobs.apply().get()
     assert report["refine_requests"]["expired"] == [old_id]
     old = web_client.get(f"/web/refine/{old_id}/").json()

@@ -4,7 +4,7 @@ The request runs through the shared lifecycle (``workers.tasks.lifecycle``): cla
 work (so a redelivered message takes over only the request its own first delivery claimed), a heartbeat
 while SAM works, the error in words on the request, database-unavailable retries with backoff. The body
 asks the engine for the mask of the clicks and ``refine_request_succeed`` stores the COCO RLE. The web
-process sends this task by name (queue ``gpu``) and never imports it.
+process sends this task by name (the ``interactive`` lane, workers/lanes.py) and never imports it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Segmentation jobs: ``run_segmentation_job`` (a job id in, the ranked candidates stored) and
-``prepare_image`` (a low-priority warm-up of an image's engine work).
+``prepare_image`` (a warm-up of one image's engine work: one unit of the background lane).
 
 The job runs through the shared lifecycle (``workers.tasks.lifecycle``): claimed by the rule of all work,
 a heartbeat while it runs (a cancelled job is noticed and its result not written), the error in words on
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +20,7 @@ from django.db import InterfaceError, OperationalError
 from workers.celery_app import app
 from workers.tasks import engine_access
 from workers.tasks.lifecycle import DB_RETRY_MAX, Lifecycle, Work, run_work
+from workers.tasks.progress import JobProgress, JobStopped, stage_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +41,56 @@ def _lifecycle() -> Lifecycle:
     )
 
 
+def _reporter(job_id: int, attempt: int) -> JobProgress:
+    """The job's stage reporter: writes through ``job_progress``; a database hiccup only skips one report."""
+    from server.ris.selectors import job_recent_timings
+    from server.ris.services import job_progress
+
+    def report(progress: float, stage: Mapping[str, Any]) -> bool:
+        try:
+            return job_progress(job_id=job_id, progress=progress, attempt=attempt, stage=stage)
+        except (OperationalError, InterfaceError):
+            logger.warning("Job %s: could not record its progress; going on", job_id, exc_info=True)
+            return True
+
+    history = [stage_seconds(timings) for timings in job_recent_timings(job_id=job_id)]
+    typical = {
+        stage: sum(h.get(stage, 0.0) for h in history) / len(history)
+        for stage in {name for h in history for name in h}
+    }
+    return JobProgress(report, history_s=typical)
+
+
 def _segment(work: Work) -> str:
     """Run the engine on the claimed job and store its candidates; the outcome in one word."""
-    from server.ris.services import image_load_rgb, job_progress, job_succeed
+    from server.ris.services import image_load_rgb, job_succeed
 
     job = work.row
     timings = work.notes
-    timings["queue_wait_s"] = (job.started_at - job.created_at).total_seconds() if job.started_at else None
+    timings["queue_wait_s"] = (job.started_at - job.enqueued_at).total_seconds() if job.started_at else None
     timings["attempt"] = work.attempt
+    progress = _reporter(job.pk, work.attempt)
     started = time.perf_counter()
-    image = job.expression.image
-    rgb = image_load_rgb(image)
-    timings["load_image_s"] = time.perf_counter() - started
-    if not job_progress(job_id=job.pk, progress=0.1, attempt=work.attempt):
+    try:
+        progress.enter("loading")
+        image = job.expression.image
+        rgb = image_load_rgb(image)
+        timings["load_image_s"] = time.perf_counter() - started
+        engine = engine_access.engine_get()
+        started = time.perf_counter()
+        with engine.meter.capture() as meter, engine.meter.watch(progress):
+            prediction = engine.predict(
+                engine_access.image_input(rgb, image.sha256),
+                [job.expression.text],
+                pipeline=job.pipeline,
+                config=job.config,
+                top_k=settings.RIS_CANDIDATES_KEPT,
+            )
+        timings["predict_s"] = time.perf_counter() - started
+        progress.enter("writing")
+    except JobStopped:
+        logger.info("Job %s is no longer running (cancelled?); the engine was stopped", job.pk)
         return "cancelled"
-    engine = engine_access.engine_get()
-    started = time.perf_counter()
-    with engine.meter.capture() as meter:
-        prediction = engine.predict(
-            engine_access.image_input(rgb, image.sha256),
-            [job.expression.text],
-            pipeline=job.pipeline,
-            config=job.config,
-            top_k=settings.RIS_CANDIDATES_KEPT,
-        )
-    timings["predict_s"] = time.perf_counter() - started
     if work.stopped:
         logger.info(
             "Job %s is no longer running (cancelled?); %s s of work discarded, nothing written",
@@ -93,7 +120,7 @@ def run_segmentation_job(self: Any, job_id: int) -> str:
 
 @app.task(bind=True, name="workers.tasks.prepare_image", max_retries=0, ignore_result=True)
 def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
-    """Warm-up at low priority: do an image's image-level engine work into the cache ahead of time.
+    """Warm-up in the background lane: one image's image-level engine work into the cache ahead of time.
 
     Not a work row: nothing waits on it, so it has no claim and no retry; a failure costs only time
     (the image's first job does the work itself) and is logged.

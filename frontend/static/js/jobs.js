@@ -2,6 +2,7 @@
 // running and renders state, queue position, progress and the error in words, with retry and
 // cancel buttons.
 import { api, h } from "./api.js";
+import { progressLine } from "./job-progress.js";
 
 export const ACTIVE = new Set(["queued", "running"]);
 
@@ -10,7 +11,7 @@ export function jobSummary(job) {
   if (!job) return "No job";
   switch (job.state) {
     case "queued":
-      // queue_position counts the jobs ahead of this one (0: it is next).
+      // queue_position counts the jobs ahead of this one in its lane that you may see (0: it is next).
       if (job.queue_position === 0) return "Queued: next in line";
       if (job.queue_position) return `Queued: ${job.queue_position} job${job.queue_position === 1 ? "" : "s"} ahead`;
       return "Queued";
@@ -105,6 +106,7 @@ export class JobStatus {
           "aria-label": "Job progress",
         }),
       );
+      children.push(h("span", { class: "job-stage" }, progressLine(job)));
       children.push(h("button", { class: "btn btn-small btn-ghost", type: "button", onclick: () => this.act("cancel") }, "Cancel"));
     }
     if (job.state === "failed" || job.state === "cancelled") {

@@ -136,8 +136,18 @@ class JobOut(serializers.Serializer):
     state = serializers.ChoiceField(choices=JobState.choices)
     progress = serializers.FloatField()
     queue_position = serializers.IntegerField(
-        allow_null=True, help_text="Jobs ahead of this one; null once running."
+        allow_null=True,
+        help_text="Jobs you may see ahead of this one in its lane (running, or queued before it); null once running.",
     )
+    lane = serializers.CharField(
+        help_text="interactive (typed on one image) or background (bulk rows, retries)."
+    )
+    stage = serializers.JSONField(
+        help_text='What the worker is doing: {"name", "done", "total", "unit", "estimate_s"}; {} while queued.'
+    )
+    elapsed_s = serializers.FloatField(help_text="Seconds waited (queued) or run (running, over).")
+    estimate_s = serializers.FloatField(allow_null=True, help_text="Seconds left, estimated; null: unknown.")
+    enqueued_at = serializers.DateTimeField()
     error = serializers.CharField(allow_blank=True)
     timings = serializers.JSONField()
     attempts = serializers.IntegerField()

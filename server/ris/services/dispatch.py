@@ -14,6 +14,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from workers.lanes import BACKGROUND, INTERACTIVE, lane_queue
+
 logger = logging.getLogger(__name__)
 
 RUN_SEGMENTATION_JOB = "workers.tasks.run_segmentation_job"
@@ -22,14 +24,13 @@ REFINE_MASK = "workers.web_tasks.refine_mask"
 RUN_BENCHMARK_SHARD = "workers.benchmark_tasks.run_benchmark_shard"
 RECONCILE = "workers.tasks.reconcile_jobs"
 TASK_NAMES = (RUN_SEGMENTATION_JOB, PREPARE_IMAGE, REFINE_MASK, RUN_BENCHMARK_SHARD, RECONCILE)
-JOB_QUEUE = "gpu"
+# Lanes are queues (workers/lanes.py routes every task); priorities are not used: a lane is its own queue,
+# served by its own workers, so background work never stands in front of interactive work.
+JOB_QUEUE = lane_queue(INTERACTIVE)
+BACKGROUND_QUEUE = lane_queue(BACKGROUND)
 
 # A web request must not hang on a broker that is down: one quick retry, then the reconciler's turn.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
-
-# kombu's Redis transport serves priority 0 first and 9 last; the warm-up of a freshly uploaded
-# image must never hold back a job somebody is waiting for.
-LOW_PRIORITY = 9
 
 
 def task_send(

@@ -12,7 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from server.ris.errors import InvalidInput
-from server.ris.models import Expression, Image, SegmentationJob
+from server.ris.models import Expression, Image, JobLane, SegmentationJob
 from server.ris.services.jobs import job_enqueue_on_commit
 from workers.engine.core.config import Config
 from workers.engine.core.errors import ConfigError
@@ -110,12 +110,18 @@ def expression_create(
     author: AbstractBaseUser | None,
     pipeline: str | None = None,
     config: Mapping[str, Any] | None = None,
+    lane: str = JobLane.INTERACTIVE,
 ) -> Expression:
-    """Create an expression on ``image`` and its queued job; the job is sent to a worker on commit."""
+    """Create an expression on ``image`` and its queued job; the job is sent to a worker on commit.
+
+    ``lane``: ``interactive`` for an expression a person typed on one image, ``background`` for bulk rows.
+    """
     cleaned = expression_clean(text)
     pipeline_name, overrides = pipeline_check(pipeline=pipeline, config=config)
     with transaction.atomic():
         expression = Expression.objects.create(image=image, text=cleaned, author=author)
-        job = SegmentationJob.objects.create(expression=expression, pipeline=pipeline_name, config=overrides)
+        job = SegmentationJob.objects.create(
+            expression=expression, pipeline=pipeline_name, config=overrides, lane=lane
+        )
         job_enqueue_on_commit(job_id=job.pk)
     return expression

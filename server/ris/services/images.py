@@ -47,7 +47,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from server.ris.models import Image, Project
-from server.ris.services.dispatch import LOW_PRIORITY, PREPARE_IMAGE, task_send
+from server.ris.services.dispatch import PREPARE_IMAGE, task_send
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,12 @@ def image_store_bytes(
 
 
 def image_prepare_dispatch(*, image_id: int) -> str | None:
-    """Ask a worker, at low priority, to do the image-level engine work for this image ahead of time."""
-    return task_send(PREPARE_IMAGE, args=[image_id], priority=LOW_PRIORITY)
+    """Ask a background-lane worker to do this image's image-level engine work ahead of time.
+
+    One message per image: preparing a large upload is as many small units of background work, so an
+    interactive job on a machine shared with the background worker waits at most for one of them.
+    """
+    return task_send(PREPARE_IMAGE, args=[image_id])
 
 
 def image_inspect(data: bytes) -> ImageFacts:

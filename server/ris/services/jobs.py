@@ -28,7 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from server.ris.errors import Conflict, InvalidInput
-from server.ris.models import Candidate, JobState, SegmentationJob
+from server.ris.models import Candidate, JobLane, JobState, SegmentationJob
 from server.ris.services.dispatch import RUN_SEGMENTATION_JOB
 from server.ris.services.work import (
     ReconcileReport,
@@ -40,6 +40,7 @@ from server.ris.services.work import (
     work_heartbeat,
     work_reconcile,
 )
+from workers.lanes import lane_queue
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +59,21 @@ JOB_WORK = WorkKind(
     task_name=RUN_SEGMENTATION_JOB,
     stale_seconds=job_stale_seconds,
     words_given_up=_words_given_up,
+    queue_field="lane",  # a lane is named as its queue (workers.lanes)
     related=("expression__image",),
-    resets={"progress": 0.0, "error": ""},
+    resets={"progress": 0.0, "error": "", "stage": {}},
 )
 
 
 def job_dispatch(*, job_id: int) -> bool:
-    """Send the job's message now and record when; False if the broker refused (reconciled later)."""
-    return work_dispatch(JOB_WORK, pk=job_id)
+    """Send the job's message to its lane's queue now and record when; False if the broker refused.
+
+    A job in the task's routed lane (interactive) is sent by the route (so the app's routing, a test's
+    included, decides); a job of another lane names its lane's queue.
+    """
+    lane = SegmentationJob.objects.filter(pk=job_id).values_list("lane", flat=True).first()
+    queue = lane_queue(lane) if lane else None
+    return work_dispatch(JOB_WORK, pk=job_id, queue=None if queue == JOB_WORK.routed_queue() else queue)
 
 
 def job_enqueue_on_commit(*, job_id: int) -> None:
@@ -88,10 +96,22 @@ def job_heartbeat(*, job_id: int, attempt: int | None = None) -> bool:
     return work_heartbeat(JOB_WORK, pk=job_id, attempt=attempt)
 
 
-def job_progress(*, job_id: int, progress: float, attempt: int | None = None) -> bool:
-    """Record progress (0-1) and a heartbeat; False if the job is no longer running (e.g. cancelled)."""
+def job_progress(
+    *,
+    job_id: int,
+    progress: float,
+    attempt: int | None = None,
+    stage: Mapping[str, Any] | None = None,
+) -> bool:
+    """Record progress (0-1), the stage (see ``SegmentationJob.stage``) and a heartbeat.
+
+    Returns False if the job is no longer running (e.g. cancelled): the worker stops.
+    """
     value = min(1.0, max(0.0, float(progress)))
-    return work_heartbeat(JOB_WORK, pk=job_id, attempt=attempt, progress=value)
+    values: dict[str, Any] = {"progress": value}
+    if stage is not None:
+        values["stage"] = dict(stage)
+    return work_heartbeat(JOB_WORK, pk=job_id, attempt=attempt, **values)
 
 
 def job_succeed(
@@ -164,13 +184,26 @@ def job_cancel(*, job: SegmentationJob) -> SegmentationJob:
     return job
 
 
-def job_retry(*, job: SegmentationJob) -> SegmentationJob:
-    """Queue a failed or cancelled job again and send it to a worker on commit."""
+def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJob:
+    """Queue a failed or cancelled job again and send it to a worker on commit.
+
+    It joins the back of its lane (``enqueued_at`` is now, so the queue position counts the jobs queued
+    before the Retry), in ``lane`` when given (e.g. ``background`` for retries of old jobs in bulk).
+    Raises ``Conflict`` unless the job is failed or cancelled, ``InvalidInput`` for an unknown lane.
+    """
+    values: dict[str, Any] = {}
+    if lane is not None:
+        if lane not in JobLane.values:
+            raise InvalidInput(f"Unknown lane {lane!r}; the lanes are {', '.join(JobLane.values)}.")
+        values["lane"] = lane
     with transaction.atomic():
         updated = SegmentationJob.objects.filter(
             pk=job.pk, state__in=[JobState.FAILED, JobState.CANCELLED]
         ).update(
             state=JobState.QUEUED,
+            enqueued_at=timezone.now(),
+            stage={},
+            **values,
             progress=0.0,
             error="",
             started_at=None,

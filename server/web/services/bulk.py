@@ -23,7 +23,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from server.ris.errors import InvalidInput, RisError
 from server.ris.jsonlimits import JsonTooDeep, loads_bounded
-from server.ris.models import Image, Project
+from server.ris.models import Image, JobLane, Project
 from server.ris.services import expression_create
 from server.ris.services.expressions import pipeline_check
 
@@ -209,6 +209,7 @@ def expressions_bulk_create(
                 pipeline=(row.pipeline if isinstance(row.pipeline, str) and row.pipeline else None)
                 or pipeline,
                 config=config,
+                lane=JobLane.BACKGROUND,  # bulk rows never stand in front of a person's expression
             )
         except RisError as error:
             result.errors.append({"row": row.row, "image": image_name, "error": error.message})

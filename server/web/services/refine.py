@@ -1,4 +1,4 @@
-"""Click-to-refine: SAM point / box prompts on an image, answered by a worker on the ``gpu`` queue.
+"""Click-to-refine: SAM point / box prompts on an image, answered by a worker of the ``interactive`` lane.
 
 ``refine_request_create`` checks the prompts and stores the request; the task
 ``workers.web_tasks.refine_mask`` is sent by name when the transaction commits (the web process never
@@ -8,9 +8,15 @@ heartbeat is stale), beats while SAM works, and stores the answer with ``refine_
 reason in words with ``refine_request_fail``; the reconciler sends again a request whose message or
 worker was lost (``refine_requests_reconcile``).
 
+Clicks on one image are answered in order (the interactive lane is one queue, delivered in order), and a
+newer click supersedes an older one still queued: a new request for the same image, expression and person
+marks their queued requests ``superseded``, and a worker skips a request that is no longer queued, so
+only the newest clicks cost model time.
+
 A refine is interactive, so on top of that a request not answered within ``RIS_REFINE_STALE_SECONDS`` is
-ended with a message saying what happened (``refine_requests_expire``): nobody picked it up, or the worker
-that had it stopped responding. The page shows it and one more click asks again.
+ended with a message saying what happened (``refine_requests_expire``): still queued behind N items of the
+interactive lane (or no interactive worker took anything meanwhile), the worker that had it gone (no
+heartbeat), or the worker still on it. The page shows it and one more click asks again.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from server.ris.errors import InvalidInput
-from server.ris.models import Candidate, Expression, Image
+from server.ris.models import Candidate, Expression, Image, JobLane, JobState, SegmentationJob
+from server.ris.selectors import queryset_visible
 from server.ris.services.dispatch import REFINE_MASK
 from server.ris.services.rle import rle_area, rle_validate
 from server.ris.services.work import (
@@ -165,6 +172,9 @@ def refine_request_create(
         if candidate is None:
             raise InvalidInput(f"Candidate {candidate_id} is not a candidate of expression {expression.pk}.")
     with transaction.atomic():
+        refine_requests_supersede(
+            image=image, expression=expression, requested_by=requested_by, now=timezone.now()
+        )
         request = RefineRequest.objects.create(
             image=image,
             expression=expression,
@@ -178,6 +188,25 @@ def refine_request_create(
         request_id = request.pk
         transaction.on_commit(lambda: refine_request_dispatch(request_id=request_id))
     return request
+
+
+def refine_requests_supersede(
+    *, image: Image, expression: Expression | None, requested_by: AbstractBaseUser | None, now: datetime
+) -> int:
+    """Mark the queued requests of ``requested_by`` on ``image`` (and ``expression``) superseded.
+
+    Called as a newer request for them is stored: the worker then skips the older ones (their claim
+    finds them no longer queued). A running one is left to finish. Returns how many were superseded.
+    """
+    older = RefineRequest.objects.filter(
+        image=image,
+        expression=expression,
+        state=RefineState.QUEUED,
+        requested_by_id=getattr(requested_by, "pk", None),
+    )
+    return older.update(
+        state=RefineState.SUPERSEDED, error="A newer click on this image replaced it.", finished_at=now
+    )
 
 
 def refine_request_dispatch(*, request_id: int) -> bool:
@@ -259,27 +288,66 @@ def refine_requests_expire(*, now: datetime | None = None, stale_seconds: int | 
     stale = stale_seconds if stale_seconds is not None else int(settings.RIS_REFINE_STALE_SECONDS)
     old = RefineRequest.objects.filter(
         state__in=[RefineState.QUEUED, RefineState.RUNNING], created_at__lt=now - timedelta(seconds=stale)
-    )
-    never_taken = Q(state=RefineState.QUEUED, attempts=0)
-    messages = {
-        True: (
-            f"The model did not answer within {stale} s: no worker picked the request up (are the workers "
-            "running, or all busy with long jobs?). Click again to retry."
-        ),
-        False: (
-            f"The model did not answer within {stale} s: the worker refining it stopped responding. "
-            "Click again to retry."
-        ),
-    }
+    ).select_related("requested_by")
     expired: list[int] = []
-    for unclaimed, message in messages.items():
-        rows = old.filter(never_taken) if unclaimed else old.exclude(never_taken)
-        ids = list(rows.values_list("pk", flat=True))
-        if ids and RefineRequest.objects.filter(
-            pk__in=ids, state__in=[RefineState.QUEUED, RefineState.RUNNING]
+    for request in old:
+        message = refine_expiry_words(request=request, stale=stale, now=now)
+        if RefineRequest.objects.filter(
+            pk=request.pk, state__in=[RefineState.QUEUED, RefineState.RUNNING]
         ).update(state=RefineState.FAILED, error=message, finished_at=now):
-            expired.extend(ids)
+            expired.append(request.pk)
     return sorted(expired)
+
+
+def refine_expiry_words(*, request: RefineRequest, stale: int, now: datetime) -> str:
+    """What happened to ``request``, not answered within ``stale`` seconds, in words for the page.
+
+    Queued: how many items of the interactive lane were ahead of it (refine requests and interactive
+    jobs, running or queued before it, in projects its requester may read), or that no interactive
+    worker started anything for ``stale`` s. Running: the worker gone (no heartbeat for the stale time),
+    or still on it (its last heartbeat).
+    """
+    lead = f"The model did not answer within {stale} s: "
+    retry = " Click again to retry."
+    if request.state == RefineState.RUNNING:
+        beat = request.heartbeat_at or request.started_at or request.created_at
+        silent = (now - beat).total_seconds()
+        if silent >= refine_stale_seconds():
+            return (
+                f"{lead}the worker refining it ({request.worker or 'unnamed'}) is gone: no heartbeat for "
+                f"{silent:.0f} s.{retry}"
+            )
+        return (
+            f"{lead}the worker {request.worker or ''} is still on it (last heartbeat {silent:.0f} s ago); SAM "
+            f"is slower than this on this machine.{retry}"
+        )
+    user = request.requested_by
+    visible_refines = RefineRequest.objects.filter(
+        Q(state=RefineState.RUNNING) | Q(state=RefineState.QUEUED, created_at__lt=request.created_at)
+    ).exclude(pk=request.pk)
+    jobs = SegmentationJob.objects.filter(lane=JobLane.INTERACTIVE).filter(
+        Q(state=JobState.RUNNING) | Q(state=JobState.QUEUED, enqueued_at__lt=request.created_at)
+    )
+    if user is not None:
+        visible_refines = queryset_visible(
+            queryset=visible_refines, user=user, project_path="image__project_id"
+        )
+        jobs = queryset_visible(queryset=jobs, user=user, project_path="expression__image__project_id")
+    ahead = visible_refines.count() + jobs.count()
+    since = now - timedelta(seconds=stale)
+    started_lately = (
+        RefineRequest.objects.filter(started_at__gte=since).exists()
+        or SegmentationJob.objects.filter(lane=JobLane.INTERACTIVE, started_at__gte=since).exists()
+    )
+    if not started_lately:
+        return (
+            f"{lead}it is still queued, and no interactive worker started anything in that time (is the "
+            f"interactive worker running? `make run` starts one).{retry}"
+        )
+    return (
+        f"{lead}it is still queued behind {ahead} item{'s' if ahead != 1 else ''} of the interactive lane "
+        f"(clicks and expressions typed on one image, yours and your projects').{retry}"
+    )
 
 
 @dataclass

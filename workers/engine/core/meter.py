@@ -23,6 +23,10 @@ work in ``with cancellation(is_cancelled): ...``; the engine calls :func:`checkp
 ``checkpoint`` raises :class:`~workers.engine.core.errors.CancelledError` once ``is_cancelled()`` answers
 True. ``is_cancelled`` is asked at most every ``min_interval_s`` seconds (it may be a database query).
 Outside a ``cancellation`` block ``checkpoint`` does nothing.
+Progress for the page: :meth:`Meter.watch` registers a listener, for one thread, that hears each stage
+as it starts (``listener(name, None, None, "")``) and each :meth:`Meter.progress` report inside a stage
+(``listener("proposals", 3, 16, "point batches")``: done, total, unit). A listener's errors propagate:
+that is how a worker stops the engine when its job was cancelled.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from workers.engine.core.errors import CancelledError
+
+Listener = Callable[[str, "int | None", "int | None", str], None]
 
 
 @dataclass
@@ -67,11 +73,33 @@ class Meter:
     def stage(self, name: str) -> Iterator[None]:
         """Time a stage; each entry adds one call and the elapsed seconds (also when it raises)."""
         checkpoint(name)
+        self._tell(name, None, None, "")
         start = time.perf_counter()
         try:
             yield
         finally:
             self._record("_stages", name, 1, time.perf_counter() - start)
+
+    def progress(self, name: str, done: int, total: int, unit: str = "") -> None:
+        """Report ``done`` of ``total`` ``unit`` in stage ``name`` to this thread's listeners (no tally)."""
+        self._tell(name, int(done), int(total), unit)
+
+    def _tell(self, name: str, done: int | None, total: int | None, unit: str) -> None:
+        for target in self._targets():
+            for listener in list(getattr(target._local, "listeners", ())):
+                listener(name, done, total, unit)
+
+    @contextmanager
+    def watch(self, listener: Listener) -> Iterator[None]:
+        """Call ``listener(name, done, total, unit)`` on each stage start and progress report of this thread."""
+        listeners = getattr(self._local, "listeners", None)
+        if listeners is None:
+            listeners = self._local.listeners = []
+        listeners.append(listener)
+        try:
+            yield
+        finally:
+            listeners.remove(listener)
 
     def count(self, model_name: str, n: int = 1) -> None:
         """Add ``n`` calls of ``model_name`` (no seconds)."""

@@ -67,7 +67,7 @@ class ImageExpressionsApi(APIView):
         image = selectors.image_get(user=request.user, image_id=image_id)
         expressions = selectors.expression_list(user=request.user, image=image)
         for expression in expressions:
-            with_queue_position(expression.latest_job)
+            with_queue_position(expression.latest_job, request.user)
         return Response(ExpressionOut(expressions, many=True).data)
 
     @extend_schema(
@@ -82,5 +82,5 @@ class ImageExpressionsApi(APIView):
         # queries less per creation, the most frequent write).
         expression.latest_job = selectors.job_latest_for_expression(expression=expression)
         expression.latest_review = None
-        with_queue_position(expression.latest_job)
+        with_queue_position(expression.latest_job, request.user)
         return Response(ExpressionOut(expression).data, status=status.HTTP_201_CREATED)

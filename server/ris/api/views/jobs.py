@@ -18,12 +18,16 @@ from server.ris.api.serializers import (
     ReviewOut,
 )
 from server.ris.models import SegmentationJob
+from server.ris.selectors import User
 
 
-def with_queue_position(job: SegmentationJob | None) -> SegmentationJob | None:
-    """Set ``job.queue_position`` for ``JobOut``."""
+def with_queue_position(job: SegmentationJob | None, user: User) -> SegmentationJob | None:
+    """Set ``job.queue_position`` (as ``user`` may count it), ``elapsed_s`` and ``estimate_s`` for ``JobOut``."""
     if job is not None:
-        job.queue_position = selectors.job_queue_position(job=job)
+        job.queue_position = selectors.job_queue_position(job=job, user=user)
+        timing = selectors.job_timing(job=job)
+        job.elapsed_s = timing["elapsed_s"]
+        job.estimate_s = timing["estimate_s"]
     return job
 
 
@@ -31,14 +35,14 @@ class JobDetailApi(APIView):
     @extend_schema(responses={200: JobOut, 404: ErrorOut})
     def get(self, request: Request, job_id: int) -> Response:
         job = selectors.job_get(user=request.user, job_id=job_id)
-        return Response(JobOut(with_queue_position(job)).data)
+        return Response(JobOut(with_queue_position(job, request.user)).data)
 
 
 class JobCancelApi(APIView):
     @extend_schema(request=None, responses={200: JobOut, 404: ErrorOut, 409: ErrorOut})
     def post(self, request: Request, job_id: int) -> Response:
         job = services.job_cancel(job=selectors.job_get(user=request.user, job_id=job_id))
-        return Response(JobOut(with_queue_position(job)).data)
+        return Response(JobOut(with_queue_position(job, request.user)).data)
 
 
 class JobRetryApi(APIView):
@@ -48,7 +52,7 @@ class JobRetryApi(APIView):
     @extend_schema(request=None, responses={200: JobOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut})
     def post(self, request: Request, job_id: int) -> Response:
         job = services.job_retry(job=selectors.job_get(user=request.user, job_id=job_id))
-        return Response(JobOut(with_queue_position(job)).data)
+        return Response(JobOut(with_queue_position(job, request.user)).data)
 
 
 class JobCandidatesApi(APIView):

@@ -9,7 +9,7 @@
 Single process: images in id order, one ``Engine.predict`` per image and pipeline, each image's results
 appended to ``OUT/results.jsonl`` as it finishes; Ctrl-C stops between whole lines and ``--resume``
 continues. ``--distributed``: the images are cut into shards, each shard is one
-``workers.benchmark_tasks.run_benchmark_shard`` task on the ``gpu`` queue, the workers write sentence rows
+``workers.benchmark_tasks.run_benchmark_shard`` task on the ``background`` lane's queue, the workers write sentence rows
 to the database, and this command waits, then merges them into the same ``results.jsonl``. Both modes end
 with ``summary.md``, ``summary.json`` and ``figure.png`` in ``OUT`` and the run stored in the database
 (shown at ``/benchmarks/``). Docs: docs/BENCHMARK.md.
@@ -133,7 +133,9 @@ class Command(BaseCommand):
             "--shard-images", type=int, default=25, help="images per shard with --distributed (default 25)"
         )
         parser.add_argument(
-            "--queue", default=None, help="Celery queue of the shard tasks (default: routing, gpu)"
+            "--queue",
+            default=None,
+            help="Celery queue of the shard tasks (default: routing, the background lane)",
         )
         parser.add_argument(
             "--poll", type=float, default=1.0, help="seconds between progress checks (--distributed)"

@@ -36,7 +36,7 @@ from scipy import ndimage
 from workers.engine.blocks.masks import Proposals, decode_rle_one, encode_rle_one, normalize_rle
 from workers.engine.blocks.proposals.config import AmgConfig
 from workers.engine.core.errors import BadInputError
-from workers.engine.core.meter import checkpoint
+from workers.engine.core.meter import checkpoint, current_meter
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -208,8 +208,11 @@ def generate_proposals(
     """
     from workers.engine.blocks.proposals.fast_amg import FastMaskGenerator
 
+    meter = current_meter()
+
     def progress(done: int, total: int) -> None:
         checkpoint("automatic masks: decoder batch")  # a cancelled job stops here (issue 15)
+        meter.progress("proposals", done, total, "points")  # the job's page: "proposals 384 of 1024 points"
         if on_progress is not None:
             on_progress(done, total)
 
@@ -218,13 +221,42 @@ def generate_proposals(
     return proposals
 
 
+def _points_total(config: AmgConfig) -> int:
+    """Prompt points the stock generator decodes: ``points_per_side**2`` on the whole image, plus its crops."""
+    total = 0
+    for layer in range(config.crop_n_layers + 1):
+        side = max(1, config.points_per_side // (config.crop_n_points_downscale_factor**layer))
+        total += side * side * (4**layer)  # layer i has (2**i)**2 crops
+    return total
+
+
+def reporting_generator_class(base: type, total: int) -> type:
+    """``base`` (a segment-anything style generator) that reports each decoded batch of points.
+
+    ``current_meter().progress("proposals", done, total, "points")`` after each ``_process_batch``, so a
+    job's page can say "proposals 384 of 1024 points". Output is unchanged.
+    """
+
+    class Reporting(base):  # type: ignore[misc, valid-type]
+        _done = 0
+
+        def _process_batch(self, points: np.ndarray, *args: object, **kwargs: object) -> object:
+            out = super()._process_batch(points, *args, **kwargs)
+            self._done += len(points)
+            current_meter().progress("proposals", min(self._done, total), total, "points")
+            return out
+
+    Reporting.__name__ = f"Reporting{base.__name__}"
+    return Reporting
+
+
 @torch.no_grad()
 def stock_proposals(sam: torch.nn.Module, rgb: np.ndarray, config: AmgConfig | None = None) -> Proposals:
     """Automatic masks of ``rgb`` by the stock ``SamAutomaticMaskGenerator`` of ``sam``'s package, same
     output format as :func:`generate_proposals`."""
     config = config or AmgConfig()
     rgb = check_rgb(rgb)
-    generator = generator_class(sam)(
+    generator = reporting_generator_class(generator_class(sam), _points_total(config))(
         sam,
         points_per_side=config.points_per_side,
         points_per_batch=config.points_per_batch,
