@@ -238,11 +238,11 @@ def test_profile_groups_stages_into_phases() -> None:
     profile.wall_seconds = 12.0
     assert profile.seconds["proposals"] == 6.0
     assert profile.seconds["features"] == 2.5
-    assert profile.seconds["scoring"] == 0.75
+    assert profile.seconds["text + scoring"] == 0.75
     assert profile.seconds["other predict"] == pytest.approx(0.75)
     table = profile.table()
     assert "proposals" in table and "50.0%" in table and "background thread" in table
-    assert set(PHASE_OF_STAGE.values()) == {"proposals", "features", "scoring"}
+    assert set(PHASE_OF_STAGE.values()) == {"proposals", "features", "text + scoring"}
 
 
 # -- the real engine, every pipeline (tiny models) ---------------------------------------------------------
@@ -294,7 +294,7 @@ def test_real_pipelines_per_ref_redo_image_work_and_stages_do_not_nest(
     assert outcome["per-image"][1] == pytest.approx(len(groups))
     assert outcome["per-ref"][1] == pytest.approx(n_refs)
     for _, _, profile in outcome.values():
-        inside = sum(profile.seconds.get(p, 0.0) for p in ("proposals", "features", "scoring"))
+        inside = sum(profile.seconds.get(p, 0.0) for p in ("proposals", "features", "text + scoring"))
         predict_total = inside + profile.seconds["other predict"]
         # every stage a pipeline times is inside predict and they do not overlap
         assert inside <= predict_total + 1e-6

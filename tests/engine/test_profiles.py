@@ -34,9 +34,9 @@ def test_auto_is_the_paper_set_with_a_gpu_and_the_cpu_set_without(
 
 
 def test_the_cpu_set_is_laptop_size_and_real() -> None:
-    assert profile_models("cpu") == [
-        "mobile_sam", "clip_vit_b_16", "smolvlm_256m", "sd_1_5", "blip_base", "spacy_en"
-    ]  # fmt: skip
+    cpu_set = profile_models("cpu")
+    assert cpu_set[0] == "mobile_sam" and len(cpu_set) == len(set(cpu_set))
+    assert set(cpu_set) == {"mobile_sam", "clip_vit_b_16", "smolvlm_256m", "sd_1_5", "blip_base", "spacy_en"}
     assert {"sam_vit_h", "clip_vit_b_32", "blip2_opt_2_7b", "llava_1_5_7b"} <= set(profile_models("paper"))
     with pytest.raises(ConfigError, match="resolve it"):
         model_for_profile("clip_vit_b_32", "auto")
@@ -81,3 +81,16 @@ def test_opt_in_pipelines_are_not_fetched_on_first_use_and_never_fall_back(tmp_p
     assert (grounded.profile, grounded.fell_back) == ("cpu", False)  # a missing model fails the job in words
     notice = profiles.profile_notice(auto) or ""
     assert "grounded_sam3" not in notice and "sam3" not in notice
+
+
+def test_the_ensemble_follows_its_members_models_under_auto(tmp_path: Path) -> None:
+    """Offline, the ensemble's members' cpu models are missing: it falls back to the stand-ins with them,
+    never to the paper models (which a laptop cannot have)."""
+    from workers.engine.methods.catalogue import pipeline_entry
+
+    auto = EngineSettings(model_dir=tmp_path, cache_dir=None, device="cpu", profile="auto")
+    resolved = pipeline_profile(auto, "ensemble")
+    assert resolved.profile == "tiny" and "clip_vit_b_16" in resolved.missing
+    assert len(resolved.missing) == len(set(resolved.missing))
+    assert pipeline_entry("ensemble").resolve(None, "cpu").member_profile == "cpu"
+    assert pipeline_entry("ensemble").resolve(None, "tiny").member_profile == "tiny"

@@ -101,15 +101,11 @@ def first_use_pipelines() -> list[str]:
 
 
 def config_models(config: object) -> list[str]:
-    """The catalogued model names a resolved config holds (its ``model_fields``), in field order."""
-    names = []
-    for key, _family in type(config).model_fields():  # type: ignore[attr-defined]
-        value: object = config
-        for part in key.split("."):
-            value = getattr(value, part)
-        if catalogue_has(str(value)):
-            names.append(str(value))
-    return names
+    """The catalogued model names a resolved config holds (its ``model_fields``, and an ensemble's members'
+    models), in field order."""
+    from workers.engine.methods.catalogue import config_models as keyed_models
+
+    return [name for _key, name in keyed_models(config) if catalogue_has(name)]  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -150,7 +146,7 @@ def pipeline_profile(
         return PipelineProfile(pipeline, requested, target, target)
     store = store or store_for(settings)
     wanted = _default_models(pipeline, target)
-    missing = tuple(name for name in wanted if not model_on_disk(store, name))
+    missing = tuple(dict.fromkeys(name for name in wanted if not model_on_disk(store, name)))
     if not missing:
         return PipelineProfile(pipeline, requested, target, target)
     return PipelineProfile(pipeline, requested, target, str(profile_spec(requested)["fallback"]), missing)

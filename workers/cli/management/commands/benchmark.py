@@ -399,7 +399,7 @@ class Command(BaseCommand):
         """``--check``: every problem of the data set, one per line; exit status 1 when there is any."""
         from workers.engine.data.check import check_dataset
 
-        with self._progress(None, 0, opts, "checking") as bar:
+        with self._progress(None, 0, opts, "checking", unit=" steps") as bar:
             report = check_dataset(
                 opts["data_root"],
                 opts["dataset"],
@@ -421,13 +421,15 @@ class Command(BaseCommand):
             )
         self.stdout.write(f"{opts['dataset']}: no problems ({counts})")
 
-    def _progress(self, total: int, initial: int, opts: dict[str, Any], desc: str) -> Any:
+    def _progress(
+        self, total: int | None, initial: int, opts: dict[str, Any], desc: str, unit: str = "sent"
+    ) -> Any:
         from tqdm import tqdm
 
         return tqdm(
             total=total,
             initial=initial,
-            unit="sent",
+            unit=unit,
             desc=desc,
             disable=opts["no_progress"],
             file=sys.stderr,
@@ -477,7 +479,9 @@ class Command(BaseCommand):
             estimator.estimate.measured_wall_seconds = wall
             self.stdout.write(
                 f"Wall time: {wall:.1f} s measured, {estimator.estimate.wall_seconds:.1f} s estimated "
-                f"after {estimator.estimate.basis_images} image(s) ({100 * (estimator.estimate.error or 0):+.0f} %)"
+                f"after {estimator.estimate.basis_images} image(s) (the estimate was "
+                f"{abs(100 * (estimator.estimate.error or 0)):.0f} % "
+                f"{'above' if (estimator.estimate.error or 0) >= 0 else 'below'} the measured time)"
             )
             self._run_info["estimate"] = estimator.estimate.to_json()
         if profile is not None:

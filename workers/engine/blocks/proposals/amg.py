@@ -151,7 +151,9 @@ def _encoder_hooks(sam: torch.nn.Module) -> None:
 
 def _guard(generator: Any) -> None:
     """Replace ``generator``'s crop loop and wrap its decoder batches (see the module docstring)."""
-    package = sys.modules[type(generator).__module__]  # the generator's own helpers (SAM's or MobileSAM's)
+    # The generator's own helpers (SAM's or MobileSAM's), past the reporting subclass defined here.
+    stock = next(c for c in type(generator).__mro__ if c.__module__ != __name__)
+    package = sys.modules[stock.__module__]
     process_batch = generator._process_batch
 
     def checked_batch(*args: Any, **kwargs: Any) -> Any:

@@ -181,6 +181,9 @@ class FastMaskGenerator:
         for crop_box, layer in zip(crop_boxes, layer_idxs, strict=True):
             x0, y0, x1, y1 = crop_box
             is_whole = layer == 0
+            if not is_whole and (x1 <= x0 or y1 <= y0):  # an empty crop of a tiny image: nothing to embed
+                done += len(self.point_grids[layer])
+                continue
             self._set_image(rgb[y0:y1, x0:x1, :], embedding if is_whole else None)
             if is_whole:
                 whole = self._current_embedding()

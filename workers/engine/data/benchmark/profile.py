@@ -7,8 +7,9 @@ the stages inside ``Engine.predict`` (``proposals``, ``clip_visual``, ``captions
 
 - ``proposals``: automatic masks (SAM / MobileSAM) or a cache hit on them;
 - ``features``: per-mask image features (CLIP visual, captions, diffusion, MLLM descriptions);
-- ``scoring``: text features and the ranking itself;
-- ``other predict``: the rest of ``Engine.predict`` (resolving configs, model loading on first use).
+- ``text + scoring``: text features and the ranking itself;
+- ``other predict``: the rest of ``Engine.predict`` (model loading on first use, checking the store,
+  resolving configs, work no stage times).
 
 The pipelines' stages do not nest (``tests/benchmark/test_schedule_profile.py`` checks that their sum stays
 within the predict call's seconds for every pipeline), so the phases add up. Work in the background threads
@@ -35,8 +36,8 @@ PHASE_OF_STAGE: dict[str, str] = {
     "sd_denoise": "features",
     "attention_map": "features",
     "mllm_descriptions": "features",
-    "text": "scoring",
-    "scoring": "scoring",
+    "text": "text + scoring",
+    "scoring": "text + scoring",
 }
 
 _BACKGROUND = {"decode", "metrics"}
@@ -45,7 +46,7 @@ _ORDER = (
     "waiting for images",
     "proposals",
     "features",
-    "scoring",
+    "text + scoring",
     "other predict",
     "metrics",
     "waiting for metrics",
