@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 
 from tests.benchmark.oracle import ColourOracleEngine
 from workers.engine.data.synthetic import write_synthetic_refcoco
@@ -30,3 +32,38 @@ def oracle_pipelines(monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def oracle_engine() -> ColourOracleEngine:
     return ColourOracleEngine()
+
+
+@pytest.fixture
+def use_oracle(monkeypatch: pytest.MonkeyPatch) -> list[ColourOracleEngine]:
+    """``manage.py benchmark`` builds colour-oracle engines (listed here, newest last) instead of the real one."""
+    built: list[ColourOracleEngine] = []
+
+    def build(device: str | None) -> ColourOracleEngine:
+        built.append(ColourOracleEngine())
+        return built[-1]
+
+    monkeypatch.setattr("workers.cli.management.commands.benchmark.build_engine", build)
+    return built
+
+
+def run_benchmark(root: Path, out: Path, *extra: str) -> str:
+    """``manage.py benchmark`` on RefCOCO val of ``root`` with the ``oracle`` pipeline into ``out``; its stdout."""
+    stdout = StringIO()
+    call_command(
+        "benchmark",
+        "--dataset",
+        "refcoco",
+        "--split",
+        "val",
+        "--pipeline",
+        "oracle",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+        stdout=stdout,
+    )
+    return stdout.getvalue()

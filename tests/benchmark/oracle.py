@@ -29,6 +29,7 @@ class ColourOracleEngine:
     def __init__(self) -> None:
         self.meter = Meter()
         self.calls: list[tuple[str, int, str]] = []  # (image sha256, number of expressions, pipeline)
+        self.isolated: list[bool] = []  # per call: whether it asked for a throwaway cache (per-ref schedule)
 
     def pipelines(self) -> list[str]:
         return ["oracle", "oracle_b"]
@@ -47,6 +48,7 @@ class ColourOracleEngine:
         isolated: bool = False,
     ) -> Prediction:
         self.calls.append((image.sha256, len(expressions), pipeline))
+        self.isolated.append(isolated)
         with self.meter.model_call("oracle_image_model"):
             pass
         answers = []

@@ -10,47 +10,18 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from server.benchmarks.models import BenchmarkPipelineResult, BenchmarkRun, BenchmarkSentenceResult
+from tests.benchmark.conftest import run_benchmark
 from tests.benchmark.oracle import ColourOracleEngine
 from workers.engine.data.benchmark.results import ResultsFile
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def use_oracle(monkeypatch: pytest.MonkeyPatch) -> list[ColourOracleEngine]:
-    built: list[ColourOracleEngine] = []
-
-    def build(device: str | None) -> ColourOracleEngine:
-        built.append(ColourOracleEngine())
-        return built[-1]
-
-    monkeypatch.setattr("workers.cli.management.commands.benchmark.build_engine", build)
-    return built
-
-
-def _bench(root: Path, out: Path, *extra: str) -> None:
-    call_command(
-        "benchmark",
-        "--dataset",
-        "refcoco",
-        "--split",
-        "val",
-        "--pipeline",
-        "oracle",
-        "--data-root",
-        str(root),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    )
-
-
 def test_single_process_run_writes_outputs_and_database(
     synthetic_root: Path, tmp_path: Path, use_oracle
 ) -> None:
     out = tmp_path / "run"
-    _bench(synthetic_root, out, "--pipeline", "oracle_b", "--config", "oracle_b.tolerance=40")
+    run_benchmark(synthetic_root, out, "--pipeline", "oracle_b", "--config", "oracle_b.tolerance=40")
     for name in ("summary.md", "summary.json", "figure.png", "results.jsonl", "run.json"):
         assert (out / name).is_file(), name
     lines = (out / "results.jsonl").read_text().splitlines()
@@ -68,7 +39,7 @@ def test_single_process_run_writes_outputs_and_database(
 
 
 def test_limit_takes_the_first_sentences(synthetic_root: Path, tmp_path: Path, use_oracle) -> None:
-    _bench(synthetic_root, tmp_path / "run", "--limit", "4")
+    run_benchmark(synthetic_root, tmp_path / "run", "--limit", "4")
     assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 4
     assert BenchmarkRun.objects.get().n_sentences == 4
 
@@ -87,7 +58,7 @@ def test_ctrl_c_then_resume_gives_the_full_run(
     )
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stopped:
-        _bench(synthetic_root, out)
+        run_benchmark(synthetic_root, out)
     assert stopped.value.code == 130
     run = BenchmarkRun.objects.get()
     assert run.state == "interrupted" and "--resume" in run.error
@@ -97,16 +68,16 @@ def test_ctrl_c_then_resume_gives_the_full_run(
     assert len(first_image) == 1
 
     with pytest.raises(CommandError, match="already holds a benchmark run; pass --resume"):
-        _bench(synthetic_root, out)
+        run_benchmark(synthetic_root, out)
     with pytest.raises(CommandError, match="differs in limit"):
-        _bench(synthetic_root, out, "--resume", "--limit", "3")
+        run_benchmark(synthetic_root, out, "--resume", "--limit", "3")
 
     resumed: list[ColourOracleEngine] = []
     monkeypatch.setattr(
         "workers.cli.management.commands.benchmark.build_engine",
         lambda device: resumed.append(ColourOracleEngine()) or resumed[-1],
     )
-    _bench(synthetic_root, out, "--resume")
+    run_benchmark(synthetic_root, out, "--resume")
     run.refresh_from_db()
     assert run.state == "succeeded" and BenchmarkRun.objects.count() == 1
     assert len(resumed[0].calls) == run.n_images - 1  # the image finished before Ctrl-C is not asked again
@@ -117,7 +88,7 @@ def test_ctrl_c_then_resume_gives_the_full_run(
     monkeypatch.setattr(
         "workers.cli.management.commands.benchmark.build_engine", lambda device: ColourOracleEngine()
     )
-    _bench(synthetic_root, fresh)
+    run_benchmark(synthetic_root, fresh)
     straight = {r.sent_id: r.iou for r in ResultsFile(fresh / "results.jsonl").read()}
     assert {r.sent_id: r.iou for r in records} == straight
 
@@ -130,9 +101,9 @@ def test_missing_image_stops_and_skip_missing_lists_it(
     victim = root / "images" / "train2014" / "COCO_train2014_000000001001.jpg"
     victim.unlink()
     with pytest.raises(CommandError, match=f"image 1001 is missing from the image folder: {victim}"):
-        _bench(root, tmp_path / "a")
+        run_benchmark(root, tmp_path / "a")
     assert BenchmarkRun.objects.get().state == "failed"
-    _bench(root, tmp_path / "b", "--skip-missing")
+    run_benchmark(root, tmp_path / "b", "--skip-missing")
     run = BenchmarkRun.objects.get(state="succeeded")
     assert [m["image_id"] for m in run.missing_images] == [1001]
     assert str(victim) in (tmp_path / "b" / "summary.md").read_text()
@@ -156,11 +127,11 @@ def test_bad_arguments_are_clear(synthetic_root: Path, tmp_path: Path, use_oracl
             str(tmp_path / "x"),
         )
     with pytest.raises(CommandError, match="unknown pipeline"):
-        _bench(synthetic_root, tmp_path / "y", "--pipeline", "nope")
+        run_benchmark(synthetic_root, tmp_path / "y", "--pipeline", "nope")
     with pytest.raises(CommandError, match="pipeline.key=value"):
-        _bench(synthetic_root, tmp_path / "z", "--config", "tolerance=3")
+        run_benchmark(synthetic_root, tmp_path / "z", "--config", "tolerance=3")
     with pytest.raises(CommandError, match=r"refs file not found: .*refs\(unc\)\.p"):
-        _bench(tmp_path, tmp_path / "w")
+        run_benchmark(tmp_path, tmp_path / "w")
 
 
 def test_make_synthetic_refcoco_command(tmp_path: Path) -> None:
@@ -174,7 +145,7 @@ def test_make_synthetic_refcoco_command(tmp_path: Path) -> None:
 def test_pages_need_sign_in_and_show_the_run(
     synthetic_root: Path, tmp_path: Path, use_oracle, client, user
 ) -> None:
-    _bench(synthetic_root, tmp_path / "run", "--pipeline", "oracle_b")
+    run_benchmark(synthetic_root, tmp_path / "run", "--pipeline", "oracle_b")
     run = BenchmarkRun.objects.get()
     for url in ("/benchmarks/", f"/benchmarks/{run.pk}/", f"/benchmarks/{run.pk}/figure.png"):
         response = client.get(url)

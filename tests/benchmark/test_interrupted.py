@@ -12,11 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.utils import timezone
 
 from server.benchmarks import services
 from server.benchmarks.models import BenchmarkRun
+from tests.benchmark.conftest import run_benchmark
 from tests.benchmark.oracle import ColourOracleEngine
 from workers.engine.data.refer import ReferDataset
 from workers.tasks.reconcile import reconcile_jobs
@@ -24,24 +25,6 @@ from workers.tasks.reconcile import reconcile_jobs
 pytestmark = pytest.mark.django_db
 
 SPEC = {"dataset": "refcoco", "split_by": "unc", "split": "val", "pipelines": ["oracle"]}
-
-
-def _bench(root: Path, out: Path, *extra: str) -> None:
-    call_command(
-        "benchmark",
-        "--dataset",
-        "refcoco",
-        "--split",
-        "val",
-        "--pipeline",
-        "oracle",
-        "--data-root",
-        str(root),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    )
 
 
 @pytest.fixture
@@ -105,14 +88,14 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(
     )
     out = tmp_path / "run"
     with pytest.raises(SystemExit):
-        _bench(synthetic_root, out)
+        run_benchmark(synthetic_root, out)
     run = BenchmarkRun.objects.get()
     assert run.state == "interrupted" and "SIGTERM" in run.error
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
     monkeypatch.setattr(
         "workers.cli.management.commands.benchmark.build_engine", lambda d: ColourOracleEngine()
     )
-    _bench(synthetic_root, out, "--resume")
+    run_benchmark(synthetic_root, out, "--resume")
     run.refresh_from_db()
     assert run.state == "succeeded" and run.error == ""
 
@@ -134,11 +117,11 @@ def test_a_bad_annotation_fails_the_run_naming_it_then_resume_continues(
     )
     out = tmp_path / "run"
     with pytest.raises(CommandError, match=f"annotation {victim}: polygon part 0 reaches x"):
-        _bench(root, out)
+        run_benchmark(root, out)
     run = BenchmarkRun.objects.get()
     assert run.state == "failed" and f"annotation {victim}" in run.error and "instances.json" in run.error
     assert (out / "results.jsonl").read_text().strip()  # the images before it are kept
     instances.write_text(good)
-    _bench(root, out, "--resume")
+    run_benchmark(root, out, "--resume")
     run.refresh_from_db()
     assert run.state == "succeeded"

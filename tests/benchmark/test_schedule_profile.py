@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 
+from tests.benchmark.conftest import run_benchmark
 from tests.benchmark.oracle import ColourOracleEngine
 from workers.engine.data.benchmark.estimate import RunEstimator
 from workers.engine.data.benchmark.loader import PrefetchingLoader
@@ -64,21 +65,11 @@ def test_default_synthetic_split_is_unchanged_by_the_new_option(tmp_path: Path) 
 
 
 # -- schedules with the oracle engine ----------------------------------------------------------------------
-class IsolationRecordingEngine(ColourOracleEngine):
-    """The oracle, recording whether each call asked for an isolated cache."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.isolated: list[bool] = []
-
-    def predict(self, image, expressions, *, pipeline, config=None, top_k=None, isolated=False):  # type: ignore[no-untyped-def]
-        self.isolated.append(isolated)
-        return super().predict(image, expressions, pipeline=pipeline, config=config, top_k=top_k)
 
 
-def _run(root: Path, schedule: str, **kwargs) -> tuple[IsolationRecordingEngine, list]:  # type: ignore[no-untyped-def]
+def _run(root: Path, schedule: str, **kwargs) -> tuple[ColourOracleEngine, list]:  # type: ignore[no-untyped-def]
     dataset = _dataset(root)
-    engine = IsolationRecordingEngine()
+    engine = ColourOracleEngine()
     results: list = []
     run_groups(
         dataset, dataset.images(), engine, ["oracle"], on_results=results.extend, schedule=schedule, **kwargs
@@ -302,46 +293,13 @@ def test_real_pipelines_per_ref_redo_image_work_and_stages_do_not_nest(
 
 
 # -- the command -----------------------------------------------------------------------------------------
-@pytest.fixture
-def use_oracle(monkeypatch: pytest.MonkeyPatch) -> list[IsolationRecordingEngine]:
-    built: list[IsolationRecordingEngine] = []
-
-    def build(device: str | None) -> IsolationRecordingEngine:
-        built.append(IsolationRecordingEngine())
-        return built[-1]
-
-    monkeypatch.setattr("workers.cli.management.commands.benchmark.build_engine", build)
-    return built
-
-
-def _bench(root: Path, out: Path, *extra: str) -> str:
-    from io import StringIO
-
-    stdout = StringIO()
-    call_command(
-        "benchmark",
-        "--dataset",
-        "refcoco",
-        "--split",
-        "val",
-        "--pipeline",
-        "oracle",
-        "--data-root",
-        str(root),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-        stdout=stdout,
-    )
-    return stdout.getvalue()
 
 
 @pytest.mark.django_db
 def test_command_prints_estimate_profile_and_records_them(
     shaped_root: Path, tmp_path: Path, use_oracle
 ) -> None:
-    text = _bench(shaped_root, tmp_path / "run", "--profile", "--warmup", "2", "--schedule", "per-ref")
+    text = run_benchmark(shaped_root, tmp_path / "run", "--profile", "--warmup", "2", "--schedule", "per-ref")
     assert "Estimate from the first 2 image(s)" in text
     assert "Wall time:" in text and "measured" in text and "estimated" in text
     assert "Where the time went:" in text and "waiting for images" in text
@@ -356,9 +314,9 @@ def test_command_prints_estimate_profile_and_records_them(
 @pytest.mark.django_db
 def test_resume_with_another_schedule_is_refused(shaped_root: Path, tmp_path: Path, use_oracle) -> None:
     out = tmp_path / "run"
-    _bench(shaped_root, out, "--limit", "3")
+    run_benchmark(shaped_root, out, "--limit", "3")
     with pytest.raises(CommandError, match="schedule"):
-        _bench(shaped_root, out, "--limit", "3", "--resume", "--schedule", "per-ref")
+        run_benchmark(shaped_root, out, "--limit", "3", "--resume", "--schedule", "per-ref")
 
 
 @pytest.mark.django_db

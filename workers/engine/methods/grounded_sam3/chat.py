@@ -67,22 +67,7 @@ class MllmAsker:
         if not questions:
             return []
         pictures = [[Image.fromarray(np.ascontiguousarray(rgb)).convert("RGB")] for rgb in images]
-        inputs = self.bundle.processor(
-            text=[self.prompt(q) for q in questions],
-            images=pictures,
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-        )
-        inputs = {
-            k: (
-                v.to(self.bundle.device, self.bundle.dtype)
-                if torch.is_floating_point(v)
-                else v.to(self.bundle.device)
-            )
-            for k, v in inputs.items()
-            if isinstance(v, torch.Tensor)
-        }
+        inputs = self.bundle.batch([self.prompt(q) for q in questions], pictures)
         length = inputs["input_ids"].shape[1]
         meter = current_meter()
         with meter.stage(stage), meter.model_call(self.model_name):

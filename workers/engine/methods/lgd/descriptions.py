@@ -245,22 +245,7 @@ class DescriptionGenerator:
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
             texts = [text for text, _ in rendered[start : start + size]]
-            inputs = self.processor(
-                text=texts,
-                images=[[image] for _ in chunk],
-                return_tensors="pt",
-                padding=True,
-                padding_side="left",
-            )
-            inputs = {
-                k: (
-                    v.to(self.bundle.device, self.bundle.dtype)
-                    if torch.is_floating_point(v)
-                    else v.to(self.bundle.device)
-                )
-                for k, v in inputs.items()
-                if isinstance(v, torch.Tensor)
-            }
+            inputs = self.bundle.batch(texts, [[image] for _ in chunk])
             prompt_length = inputs["input_ids"].shape[1]
             with self.meter.stage("mllm_descriptions"), self.meter.model_call(self.model_name):
                 generated = self.bundle.model.generate(

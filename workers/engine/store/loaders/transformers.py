@@ -41,6 +41,18 @@ class MllmBundle:
     device: torch.device
     dtype: torch.dtype
 
+    def batch(self, texts: list[str], images: list[list[Any]]) -> dict[str, torch.Tensor]:
+        """The processor's tensors for ``texts`` (rendered prompts) and ``images`` (a list of PIL images per
+        prompt), left-padded for generation, on the model's device (floating tensors in its dtype)."""
+        inputs = self.processor(
+            text=texts, images=images, return_tensors="pt", padding=True, padding_side="left"
+        )
+        return {
+            k: v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device)
+            for k, v in inputs.items()
+            if isinstance(v, torch.Tensor)
+        }
+
 
 @dataclass(frozen=True)
 class Sam3Bundle:
