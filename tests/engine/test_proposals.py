@@ -10,6 +10,7 @@ from workers.engine.blocks.proposals.amg import (
     generate_proposals,
     postprocess_small_regions,
     remove_small_regions,
+    stock_proposals,
 )
 from workers.engine.blocks.proposals.config import TAS_AMG_CONFIG, AmgConfig
 from workers.engine.blocks.proposals.filters import drop_overlapping, drop_small, keep_largest
@@ -194,6 +195,13 @@ def test_stock_generator_reports_every_point(model_hub: ModelHub) -> None:
     rgb = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     config = AmgConfig(points_per_side=4, points_per_batch=5, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     with meter.active(), meter.watch(lambda *event: heard.append(event)):
-        generate_proposals(model_hub.get("sam_tiny"), rgb, config)
+        stock_proposals(model_hub.get("sam_tiny"), rgb, config)
     assert [event[1] for event in heard] == [5, 10, 15, 16]
+    assert {event[2] for event in heard} == {16}
+    # The fast generator decodes in its own (larger) batches: it reports from 0 to every point, in order.
+    heard.clear()
+    with meter.active(), meter.watch(lambda *event: heard.append(event)):
+        generate_proposals(model_hub.get("sam_tiny"), rgb, config)
+    done = [event[1] for event in heard]
+    assert done[0] == 0 and done[-1] == 16 and done == sorted(done)
     assert {event[2] for event in heard} == {16}
