@@ -114,10 +114,13 @@ def test_openapi_documents_each_pipelines_config(api_client):
     schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     config = schema["components"]["schemas"]["ExpressionCreateInput"]["properties"]["config"]
     titles = [option["title"] for option in config["oneOf"]]
-    assert titles == ["global_local config", "lgd config", "refdiff config", "tas config"]
-    amg = config["oneOf"][0]["properties"]["amg"]["properties"]["points_per_side"]
+    assert titles == [
+        "ensemble config", "global_local config", "grounded_sam3 config", "lgd config", "refdiff config", "tas config"
+    ]  # fmt: skip
+    global_local = config["oneOf"][titles.index("global_local config")]
+    amg = global_local["properties"]["amg"]["properties"]["points_per_side"]
     assert (amg["minimum"], amg["maximum"], amg["type"]) == (1, 64, "integer")
-    assert config["oneOf"][0]["additionalProperties"] is False
+    assert global_local["additionalProperties"] is False
 
 
 def test_pipeline_list_carries_each_config_schema(api_client):

@@ -51,7 +51,8 @@ def test_auto_without_fetched_models_names_the_fix_in_one_line(
     assert page.count('class="model-notice"') == 1
     notice = page.split('class="model-notice" role="note">', 1)[1].split("</p>", 1)[0]
     assert "random-weight stand-ins" in notice and "python manage.py models fetch --profile auto" in notice
-    assert notice.startswith("lgd, refdiff, tas rank")  # global_local has its real models
+    # global_local has its real models; the ensemble (global_local + tas by default) falls back with tas
+    assert notice.startswith("ensemble, lgd, refdiff, tas rank")
     assert "\n" not in notice
 
 

@@ -173,6 +173,9 @@ class Lifecycle:
         stale_seconds: the kind's stale time; heartbeats come four times as often.
         words: ``(row, words) -> str``: the error as stored on the row (a kind's prefix).
         expected: more error types the kind treats as expected (logged in one line).
+        interrupted: the outcome when the engine stops at a checkpoint because the row is no longer this
+            attempt's: ``"cancelled"`` (a job's Cancel), ``"stopped"`` for a shard (requeued: its next message
+            goes on from the images already stored).
     """
 
     label: str
@@ -182,6 +185,7 @@ class Lifecycle:
     stale_seconds: Callable[[], float]
     words: Callable[[Any, str], str] = lambda row, words: words
     expected: tuple[type[BaseException], ...] = ()
+    interrupted: str = "cancelled"
 
 
 def run_work(task: Any, kind: Lifecycle, pk: int, body: Callable[[Work], str]) -> str:
@@ -222,7 +226,7 @@ def run_work(task: Any, kind: Lifecycle, pk: int, body: Callable[[Work], str]) -
             logger.info(
                 "%s stopped between two batches: it was cancelled (or taken over); nothing written", what
             )
-            return "cancelled"
+            return kind.interrupted
         except WorkStopped:
             logger.info("%s stopped: it is no longer this worker's (attempt %s)", what, work.attempt)
             return "stopped"

@@ -322,7 +322,10 @@ def run_groups(
     post = ThreadPoolExecutor(max_workers=1, thread_name_prefix="benchmark-metrics")
     waiting: deque[Future[list[SentenceResult]]] = deque()
 
+    broken = False  # on_results itself raised: never call it again
+
     def hand_on(block: bool) -> None:
+        nonlocal broken
         while waiting and (block or waiting[0].done()):
             start = time.perf_counter()
             results = waiting[0].result()
@@ -330,7 +333,11 @@ def run_groups(
                 profile.add("waiting for metrics", time.perf_counter() - start)
             waiting.popleft()
             start = time.perf_counter()
-            on_results(results)
+            try:
+                on_results(results)
+            except BaseException:
+                broken = True
+                raise
             if profile is not None:
                 profile.add("writing", time.perf_counter() - start)
             outcome.sentences_done += len(results)
@@ -403,9 +410,13 @@ def run_groups(
                 profile.add("waiting for images", loader.waited_seconds)
         hand_on(block=True)
     finally:
-        # Stopped early (Ctrl-C, an error): still hand on, in order, every call already scored.
-        while waiting and waiting[0].done() and waiting[0].exception() is None:
-            results = waiting.popleft().result()
+        # Stopped early (Ctrl-C, a cancelled shard, an error): still hand on, in order, every call already
+        # predicted (its scoring is short CPU work), unless handing on is what failed.
+        while waiting and not broken:
+            try:
+                results = waiting.popleft().result()
+            except Exception:
+                break
             on_results(results)
             outcome.sentences_done += len(results)
         post.shutdown(wait=True, cancel_futures=True)
