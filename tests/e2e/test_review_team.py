@@ -78,6 +78,7 @@ def test_assignment_review_stage_and_progress(page, live_server, user, review_se
     page.goto(f"{live_server.url}/projects/{project.pk}/review/")
     page.locator("#item-text", has_text="the astronaut").wait_for()
     page.locator("#item-review", has_text="sent back by bob").wait_for()
+    page.locator(".candidate-btn").nth(1).wait_for()  # the keys act on drawn candidates, not before
     page.keyboard.press("2")
     page.keyboard.press("a")
     page.locator(".toast-ok", has_text="Accepted").wait_for()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.engine.blocks.proposals.amg import generate_proposals
+from workers.engine.blocks.proposals.amg import generate_proposals, stock_proposals
 from workers.engine.blocks.proposals.config import AmgConfig
 from workers.engine.core.errors import CancelledError
 from workers.engine.core.meter import Meter, cancellation, checkpoint
@@ -63,8 +63,25 @@ def test_the_generator_stops_between_decoder_batches() -> None:
     # checkpoints in order: the crop, 2 encoder blocks, then one per decoder batch; cancel at the 2nd batch
     flag = cancellation(lambda: asked.append(1) or len(asked) >= 5, min_interval_s=0.0)
     with flag, pytest.raises(CancelledError, match="decoder batch"):
-        generate_proposals(sam, rgb, config)
+        stock_proposals(sam, rgb, config)
     assert len(asked) == 5  # stopped at the second of 16 decoder batches
+
+
+def test_the_fast_generator_stops_at_its_first_decoder_batch_once_cancelled() -> None:
+    torch.manual_seed(0)
+    sam = build_sam_tiny(
+        {**SAM_TINY_ARCH, "image_size": 64, "window_size": 2, "encoder_embed_dim": 16}
+    ).eval()
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    reports: list[int] = []
+    # the job is cancelled once the generator has reported its start (0 of n points): the next checkpoint
+    # (an encoder block or the first decoder batch) stops it, and no further batch is reported
+    flag = cancellation(lambda: bool(reports), min_interval_s=0.0)
+    with flag, pytest.raises(CancelledError, match="image encoder|decoder batch"):
+        generate_proposals(
+            sam, rgb, AmgConfig(points_per_side=8), on_progress=lambda done, total: reports.append(done)
+        )
+    assert reports == [0]
 
 
 def test_run_work_ends_a_cancelled_body_without_failing_it() -> None:

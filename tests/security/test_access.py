@@ -50,7 +50,7 @@ class Route:
     template: str  # "/api/jobs/<int:job_id>/"
     params: tuple[str, ...]
 
-    def url(self, values: dict[str, int]) -> str:
+    def url(self, values: dict[str, int | str]) -> str:
         def fill(match: re.Match) -> str:
             return str(values[match.group(2)])
 
@@ -115,7 +115,7 @@ def test_admin_pages_need_a_staff_sign_in(client: Client, user) -> None:
 
 
 @pytest.fixture
-def alice_objects(project, user) -> dict[str, int]:
+def alice_objects(project, user) -> dict[str, int | str]:
     """Ids of one object of each kind in alice's project (a reviewed job, a refine request)."""
     from server.web.services.refine import refine_request_create
 
@@ -124,7 +124,7 @@ def alice_objects(project, user) -> dict[str, int]:
     job = job_of(expression)
     job_claim(job_id=job.pk, worker="w")
     job_succeed(job_id=job.pk, candidates=candidate_dicts(image.height, image.width, 2))
-    review_create(
+    review = review_create(
         expression=expression, decision="accepted", reviewer=user, candidate_id=job.candidates.first().pk
     )
     refine = refine_request_create(image=image, requested_by=user, points_xy=[[5.0, 5.0]], labels=[1])
@@ -134,6 +134,8 @@ def alice_objects(project, user) -> dict[str, int]:
         "expression_id": expression.pk,
         "job_id": job.pk,
         "request_id": refine.pk,
+        "review_id": review.pk,
+        "fmt": "coco-polygons",  # an export format (not an id: any project's exports are refused alike)
     }
 
 
