@@ -47,7 +47,7 @@ def test_upload_ask_review_correct_export(page, live_server, user, celery_worker
     page.click("text=Upload images")
     page.set_input_files("#file-input", str(photo))
     row = page.locator(".upload-row").first
-    row.locator(".upload-state", has_text="1 stored").wait_for()
+    row.locator(".upload-state", has_text="1 stored").wait_for(timeout=JOB_TIMEOUT_MS)  # a loaded machine
     assert page.locator(".upload-row progress").first.get_attribute("value") == "100"
     shot(page, "upload")
     image = Image.objects.get()
