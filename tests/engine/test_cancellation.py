@@ -18,7 +18,9 @@ from workers.tasks.lifecycle import Lifecycle, run_work
 
 
 def test_checkpoint_does_nothing_outside_a_cancellation_block() -> None:
-    checkpoint("anything")
+    with cancellation(lambda: True, min_interval_s=0.0), pytest.raises(CancelledError):
+        checkpoint("inside")  # inside a block that says "cancelled" it raises ...
+    assert checkpoint("anything") is None  # ... and once the block is over nothing is asked or raised
 
 
 def test_checkpoint_raises_once_cancelled_and_asks_at_most_every_interval() -> None:
