@@ -21,7 +21,7 @@ class SteppingEngine(FakeEngine):
         super().__init__()
         self.during = during or (lambda: None)
 
-    def predict(self, image, expressions, *, pipeline, config=None, top_k=None):
+    def predict(self, image, expressions, *, pipeline, config=None, top_k=None, **callbacks):
         with self.meter.stage("proposals"):
             for done in (4, 8, 12, 16):
                 self.meter.progress("proposals", done, 16, "points")
@@ -30,7 +30,7 @@ class SteppingEngine(FakeEngine):
             self.during()
         with self.meter.stage("scoring"):
             self.during()
-        return super().predict(image, expressions, pipeline=pipeline, config=config, top_k=top_k)
+        return super().predict(image, expressions, pipeline=pipeline, config=config, top_k=top_k, **callbacks)
 
 
 @pytest.fixture

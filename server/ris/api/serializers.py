@@ -147,6 +147,9 @@ class JobOut(serializers.Serializer):
     )
     elapsed_s = serializers.FloatField(help_text="Seconds waited (queued) or run (running, over).")
     estimate_s = serializers.FloatField(allow_null=True, help_text="Seconds left, estimated; null: unknown.")
+    partial = serializers.BooleanField(
+        help_text="True while the job runs and has early candidates (a coarse grid); better ones replace them."
+    )
     enqueued_at = serializers.DateTimeField()
     error = serializers.CharField(allow_blank=True)
     timings = serializers.JSONField()
@@ -167,6 +170,9 @@ class CandidateOut(serializers.Serializer):
     area = serializers.IntegerField()
     score = serializers.FloatField()
     components = serializers.DictField(child=serializers.FloatField())
+    partial = serializers.BooleanField(
+        help_text="An early candidate (coarse grid, while the job ran); false for the final ones."
+    )
 
 
 class ReviewCreateInput(serializers.Serializer):

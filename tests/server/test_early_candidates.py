@@ -1,0 +1,156 @@
+"""Early candidates of a running job: stored under the attempt check, shown by the API as ``partial``,
+replaced by the final ones in one transaction (except an early one a review chose), and the worker's
+``on_partial`` wiring: stored before the final ones, a cancel noticed there stops the engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.ris.errors import InvalidInput
+from server.ris.models import Candidate, JobState, Review, SegmentationJob
+from server.ris.services import (
+    job_cancel,
+    job_claim,
+    job_partial_candidates,
+    job_succeed,
+    review_create,
+)
+from tests.server.factories import candidate_dicts, expression_make, image_make, job_of
+from tests.server.test_tasks import FakeEngine
+from workers.tasks import engine_access
+from workers.tasks import segmentation as tasks
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def image(project, user):
+    return image_make(project, user, width=30, height=20)
+
+
+@pytest.fixture
+def running(image, user):
+    """A job claimed by worker w1 (attempt 1)."""
+    job = job_of(expression_make(image, user))
+    return job_claim(job_id=job.pk, worker="w1")
+
+
+def _ranks(job, *, partial: bool) -> list[int]:
+    return list(
+        Candidate.objects.filter(job=job, partial=partial).order_by("rank").values_list("rank", flat=True)
+    )
+
+
+# -- the service ---------------------------------------------------------------------------------------
+
+
+def test_early_candidates_are_stored_then_replaced_by_the_final_ones(running, image):
+    assert job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    assert _ranks(running, partial=True) == [0, 1] and _ranks(running, partial=False) == []
+    # A second early set (another coarse pass) replaces the first.
+    assert job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 3), attempt=1)
+    assert _ranks(running, partial=True) == [0, 1, 2]
+    assert job_succeed(job_id=running.pk, candidates=candidate_dicts(20, 30, 4), attempt=1)
+    assert _ranks(running, partial=True) == [] and _ranks(running, partial=False) == [0, 1, 2, 3]
+
+
+def test_early_candidates_of_another_attempt_or_an_ended_job_are_refused(running):
+    assert not job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=2)
+    assert Candidate.objects.count() == 0
+    job_cancel(job=running)
+    assert not job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    assert Candidate.objects.count() == 0
+
+
+def test_malformed_early_candidates_are_refused_in_words(running):
+    twice = candidate_dicts(20, 30, 2)
+    twice[1]["rank"] = 0
+    with pytest.raises(InvalidInput, match="repeated ranks"):
+        job_partial_candidates(job_id=running.pk, candidates=twice, attempt=1)
+    assert Candidate.objects.count() == 0
+
+
+def test_an_accepted_early_candidate_is_kept_beside_the_final_ones(running, user):
+    job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 3), attempt=1)
+    early = Candidate.objects.get(job=running, partial=True, rank=1)
+    review = review_create(
+        expression=running.expression, decision="accepted", reviewer=user, candidate_id=early.pk
+    )
+    # The annotator has chosen: a later early set of a redelivery does not replace the early ones.
+    assert job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 1), attempt=1)
+    assert _ranks(running, partial=True) == [0, 1, 2]
+    assert job_succeed(job_id=running.pk, candidates=candidate_dicts(20, 30, 3), attempt=1)
+    assert _ranks(running, partial=True) == [1]  # the chosen one stays, the others go
+    assert _ranks(running, partial=False) == [0, 1, 2]
+    review.refresh_from_db()
+    assert review.candidate_id == early.pk and Review.objects.get().candidate.rle == early.rle
+
+
+# -- the API ----------------------------------------------------------------------------------------
+
+
+def test_api_shows_early_candidates_as_partial_then_the_final_ones(api_client, running):
+    job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    job = api_client.get(f"/api/jobs/{running.pk}/").json()
+    assert job["state"] == "running" and job["partial"] is True
+    listed = api_client.get(f"/api/jobs/{running.pk}/candidates/").json()
+    assert [(c["rank"], c["partial"]) for c in listed] == [(0, True), (1, True)]
+    listed_expressions = api_client.get(f"/api/images/{running.expression.image_id}/expressions/").json()
+    assert [e["job"]["partial"] for e in listed_expressions] == [True]
+
+    job_succeed(job_id=running.pk, candidates=candidate_dicts(20, 30, 3), attempt=1)
+    job = api_client.get(f"/api/jobs/{running.pk}/").json()
+    assert job["state"] == "succeeded" and job["partial"] is False
+    listed = api_client.get(f"/api/jobs/{running.pk}/candidates/").json()
+    assert [(c["rank"], c["partial"]) for c in listed] == [(0, False), (1, False), (2, False)]
+
+
+def test_api_accepts_an_early_candidate_while_the_job_runs(api_client, running):
+    job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    early = api_client.get(f"/api/jobs/{running.pk}/candidates/").json()[1]
+    answer = api_client.post(
+        f"/api/expressions/{running.expression_id}/reviews/",
+        {"decision": "accepted", "candidate": early["id"]},
+        format="json",
+    )
+    assert answer.status_code == 201, answer.content
+    job_succeed(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    listed = api_client.get(f"/api/jobs/{running.pk}/candidates/").json()
+    # The final ones first, then the early one the review chose (its mask stays the verdict's).
+    assert [(c["rank"], c["partial"]) for c in listed] == [(0, False), (1, False), (1, True)]
+    assert listed[2]["id"] == early["id"]
+
+
+# -- the worker -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def early_engine(monkeypatch):
+    fake = FakeEngine()
+    fake.early = True
+    monkeypatch.setattr(engine_access, "engine_get", lambda: fake)
+    return fake
+
+
+def test_task_stores_early_candidates_before_the_final_ones(early_engine, running):
+    SegmentationJob.objects.filter(pk=running.pk).update(state=JobState.QUEUED)  # let the task claim it
+    seen: list[list[tuple[int, bool]]] = []
+    early_engine.after_early = lambda: seen.append(
+        list(Candidate.objects.filter(job_id=running.pk).values_list("rank", "partial"))
+    )
+    assert tasks.run_segmentation_job.apply(args=[running.pk]).get() == "succeeded"
+    assert seen == [[(0, True)]]  # stored while the engine still worked on the full run
+    assert _ranks(running, partial=True) == [] and _ranks(running, partial=False) == [0, 1]
+
+
+def test_task_cancelled_during_early_candidates_stops_and_writes_nothing_final(early_engine, running):
+    SegmentationJob.objects.filter(pk=running.pk).update(state=JobState.QUEUED)
+    early_engine.after_early = lambda: SegmentationJob.objects.filter(pk=running.pk).update(
+        state=JobState.CANCELLED
+    )
+    # The cancel lands after the early write; the next report (the full run's) stops the engine, and the
+    # final result is not written.
+    assert tasks.run_segmentation_job.apply(args=[running.pk]).get() == "cancelled"
+    running.refresh_from_db()
+    assert running.state == JobState.CANCELLED
+    assert _ranks(running, partial=False) == []
