@@ -2,11 +2,12 @@
 another worker prepares the image, the early candidates in place as soon as they are stored (labelled
 "early candidates — better ones coming"), then the final ones in their place without a reload and with
 the annotator's choice kept (the final candidate most like the chosen early one); an early candidate
-accepted while the job runs stays the verdict's mask after the final ones come.
+accepted while the job runs stays the verdict's mask after the final ones come; Cancel while early
+candidates are shown ends the job, and its final result is discarded.
 
 The worker's writes are made here through its services (``job_progress``, ``job_partial_candidates``,
 ``job_succeed``), as in ``test_progress.py``: these tests are about the page. Screenshots:
-``early-waiting``, ``early-candidates``, ``early-then-final``, ``early-accepted-kept``.
+``early-waiting``, ``early-candidates``, ``early-then-final``, ``early-accepted-kept``, ``early-cancelled``.
 """
 
 from __future__ import annotations
@@ -128,3 +129,25 @@ def test_an_early_candidate_accepted_while_running_stays_the_verdict(page, live_
     assert "Accepted" in page.locator("#item-review").inner_text()
     page.mouse.move(1, 1)
     shot(page, "early-accepted-kept")
+
+
+def test_cancel_while_early_candidates_are_shown(page, live_server, running_job):
+    from server.ris.models import JobState, SegmentationJob
+    from server.ris.services import job_partial_candidates, job_succeed
+
+    job = running_job
+    assert job_partial_candidates(job_id=job.pk, candidates=_candidates(_early_masks()), attempt=1)
+    _open(page, live_server, job)
+    page.locator(".early-note").wait_for(timeout=WAIT_MS)
+    page.locator(".job-status button", has_text="Cancel").click()
+    page.locator(".job-status", has_text="Cancelled").wait_for(timeout=WAIT_MS)
+    assert SegmentationJob.objects.get(pk=job.pk).state == JobState.CANCELLED
+    assert page.locator(".early-note").count() == 0  # a cancelled job's early candidates are not offered
+    assert page.locator("#accept").is_disabled()
+    assert "the job was cancelled" in page.locator("#candidates").inner_text()
+    assert not job_succeed(
+        job_id=job.pk, candidates=_candidates(_masks()), attempt=1
+    )  # the worker's late result
+    assert page.locator(".job-status button", has_text="Retry").is_visible()
+    page.mouse.move(1, 1)
+    shot(page, "early-cancelled")

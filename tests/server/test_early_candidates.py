@@ -12,6 +12,7 @@ from server.ris.services import (
     job_cancel,
     job_claim,
     job_partial_candidates,
+    job_retry,
     job_succeed,
     review_create,
 )
@@ -60,6 +61,20 @@ def test_early_candidates_of_another_attempt_or_an_ended_job_are_refused(running
     job_cancel(job=running)
     assert not job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
     assert Candidate.objects.count() == 0
+
+
+def test_retry_after_a_cancel_during_early_candidates_starts_clean(running, monkeypatch):
+    monkeypatch.setattr("server.ris.services.jobs.job_enqueue_on_commit", lambda **kwargs: None)
+    assert job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    job_cancel(job=running)
+    assert not job_succeed(job_id=running.pk, candidates=candidate_dicts(20, 30, 3), attempt=1)
+    assert _ranks(running, partial=True) == [0, 1] and _ranks(running, partial=False) == []
+    job_retry(job=running)
+    assert Candidate.objects.filter(job=running).count() == 0
+    again = job_claim(job_id=running.pk, worker="w2")
+    assert again is not None and again.attempts == 2
+    assert job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 1), attempt=2)
+    assert _ranks(running, partial=True) == [0]
 
 
 def test_malformed_early_candidates_are_refused_in_words(running):

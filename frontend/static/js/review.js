@@ -183,7 +183,8 @@ async function showItem(index) {
     candList.replaceChildren(h("li", { class: "muted" }, "This expression has no job."));
     draw();
   } else if (item.job.state !== "succeeded") {
-    candList.replaceChildren(h("li", { class: "muted" }, "Waiting for the model…"));
+    const words = ACTIVE.has(item.job.state) ? "Waiting for the model…" : `No candidates: the job ${item.job.state === "cancelled" ? "was cancelled" : "failed"}. Retry it above, or paint the mask (B).`;
+    candList.replaceChildren(h("li", { class: "muted" }, words));
     state.jobStatus = new JobStatus(item.job, {
       onChange: (job) => {
         item.job = job;

@@ -217,7 +217,8 @@ def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJ
     """Queue a failed or cancelled job again and send it to a worker on commit.
 
     It joins the back of its lane (``enqueued_at`` is now, so the queue position counts the jobs queued
-    before the Retry), in ``lane`` when given (e.g. ``background`` for retries of old jobs in bulk).
+    before the Retry), without the early candidates of its last attempt (unless a review chose one), in
+    ``lane`` when given (e.g. ``background`` for retries of old jobs in bulk).
     Raises ``Conflict`` unless the job is failed or cancelled, ``InvalidInput`` for an unknown lane.
     """
     values: dict[str, Any] = {}
@@ -244,6 +245,8 @@ def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJ
         job.refresh_from_db()
         if updated == 0:
             raise Conflict(f"Job {job.pk} is {job.state}; only failed or cancelled jobs can be retried.")
+        # The last attempt's early candidates go (the new attempt makes its own), except one a review chose.
+        Candidate.objects.filter(job_id=job.pk, partial=True, reviews__isnull=True).delete()
         job_enqueue_on_commit(job_id=job.pk)
     return job
 
