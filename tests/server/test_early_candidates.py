@@ -156,6 +156,8 @@ def test_task_stores_early_candidates_before_the_final_ones(early_engine, runnin
     assert tasks.run_segmentation_job.apply(args=[running.pk]).get() == "succeeded"
     assert seen == [[(0, True)]]  # stored while the engine still worked on the full run
     assert _ranks(running, partial=True) == [] and _ranks(running, partial=False) == [0, 1]
+    running.refresh_from_db()
+    assert 0 <= running.timings["early_s"] <= running.timings["predict_s"]
 
 
 def test_task_cancelled_during_early_candidates_stops_and_writes_nothing_final(early_engine, running):

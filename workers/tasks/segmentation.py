@@ -66,13 +66,19 @@ def _reporter(job_id: int, attempt: int) -> JobProgress:
     return JobProgress(report, history_s=typical)
 
 
-def _early_writer(job_id: int, attempt: int, progress: JobProgress, top_k: int) -> Callable[[Any], None]:
-    """``on_partial`` for the engine: store the early candidates; raise ``JobStopped`` if the job ended."""
+def _early_writer(
+    job_id: int, attempt: int, progress: JobProgress, timings: dict[str, Any]
+) -> Callable[[Any], None]:
+    """``on_partial`` for the engine: store the early candidates (a ``Prediction`` with ``partial=True``)
+    and note in ``timings["early_s"]`` the seconds from this call to them; raise ``JobStopped`` if the
+    job ended meanwhile."""
     from server.ris.services import job_partial_candidates
+
+    started = time.perf_counter()
 
     def write(prediction: Any) -> None:
         ranked = prediction.candidates
-        early = [candidate.to_json() for candidate in (ranked[0][:top_k] if ranked else [])]
+        early = [candidate.to_json() for candidate in (ranked[0] if ranked else [])]
         try:
             still_running = job_partial_candidates(job_id=job_id, candidates=early, attempt=attempt)
         except (OperationalError, InterfaceError):
@@ -80,6 +86,7 @@ def _early_writer(job_id: int, attempt: int, progress: JobProgress, top_k: int) 
             still_running = True
         if not still_running:
             raise JobStopped("the job left the running state when its early candidates came")
+        timings["early_s"] = time.perf_counter() - started
         progress.restart()  # the full run reports its stages afresh
 
     return write
@@ -109,7 +116,7 @@ def _segment(work: Work) -> str:
                 pipeline=job.pipeline,
                 config=job.config,
                 top_k=settings.RIS_CANDIDATES_KEPT,
-                on_partial=_early_writer(job.pk, work.attempt, progress, settings.RIS_CANDIDATES_KEPT),
+                on_partial=_early_writer(job.pk, work.attempt, progress, timings),
             )
         timings["predict_s"] = time.perf_counter() - started
         progress.enter("writing")
