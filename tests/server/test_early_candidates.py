@@ -4,6 +4,9 @@ replaced by the final ones in one transaction (except an early one a review chos
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from server.ris.errors import InvalidInput
@@ -16,10 +19,14 @@ from server.ris.services import (
     job_succeed,
     review_create,
 )
+from tests.engine.conftest import model_dir, model_hub, model_store
+from tests.engine.ranking_fixtures import TINY_SAM_AMG, single_torch_thread
 from tests.server.factories import candidate_dicts, expression_make, image_make, job_of
 from tests.server.test_tasks import FakeEngine
 from workers.tasks import engine_access
 from workers.tasks import segmentation as tasks
+
+_ = (model_dir, model_store, model_hub, single_torch_thread)  # fixtures, imported for pytest
 
 pytestmark = pytest.mark.django_db
 
@@ -171,3 +178,121 @@ def test_task_cancelled_during_early_candidates_stops_and_writes_nothing_final(e
     running.refresh_from_db()
     assert running.state == JobState.CANCELLED
     assert _ranks(running, partial=False) == []
+
+
+# -- the worker with the real engine (tiny models) ---------------------------------------------------------
+
+
+@pytest.fixture
+def real_engine(monkeypatch, model_store, model_hub, tmp_path, single_torch_thread):
+    from workers.engine.core.settings import EngineSettings
+    from workers.engine.runtime import Engine
+
+    settings = EngineSettings(
+        model_dir=model_store.root, cache_dir=tmp_path / "cache", device="cpu", profile="tiny"
+    )
+    engine = Engine(settings, hub=model_hub)
+    monkeypatch.setattr(engine_access, "engine_get", lambda: engine)
+    monkeypatch.setattr("workers.tasks.progress.MIN_INTERVAL_S", 0.0)  # every stage report written
+    return engine
+
+
+def _spy(monkeypatch, name: str) -> list[dict]:
+    """Record the keyword arguments of each call of service ``name`` (called through)."""
+    import server.ris.services as services
+
+    calls: list[dict] = []
+    real = getattr(services, name)
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, name, spy)
+    return calls
+
+
+FULL_GRID = {"proposal_source": "sam_tiny", "amg": {**TINY_SAM_AMG, "points_per_side": 12}}
+
+
+def test_task_with_the_real_engine_stores_early_then_final_candidates(monkeypatch, real_engine, running):
+    SegmentationJob.objects.filter(pk=running.pk).update(state=JobState.QUEUED, config=FULL_GRID)
+    early_calls = _spy(monkeypatch, "job_partial_candidates")
+    stages = _spy(monkeypatch, "job_progress")
+    assert tasks.run_segmentation_job.apply(args=[running.pk]).get() == "succeeded"
+    assert (
+        len(early_calls) == 1 and early_calls[0]["candidates"] and early_calls[0]["attempt"] == 2
+    )  # re-claimed
+    names = [call["stage"]["name"] for call in stages]
+    first_scoring = names.index("scoring")
+    # The coarse run's stages, the early candidates, then the full run's stages afresh.
+    assert "proposals" in names[:first_scoring] and "proposals" in names[first_scoring:]
+    totals = {call["stage"].get("total") for call in stages if call["stage"]["name"] == "proposals"}
+    assert {64, 144} <= totals  # 8 x 8 points, then 12 x 12
+    running.refresh_from_db()
+    assert running.state == JobState.SUCCEEDED and running.config["amg"]["points_per_side"] == 12
+    assert _ranks(running, partial=True) == [] and len(_ranks(running, partial=False)) > 0
+    assert "early_s" in running.timings
+
+
+def test_task_waits_for_another_workers_preparation_of_the_image(monkeypatch, real_engine, running, tmp_path):
+    """A background preparer (another process in production; a thread with its own cache here, over the
+    same cache folder) is generating the image's proposals; the job reports stage ``waiting`` with the
+    preparer's points and takes its proposals instead of generating them again."""
+    from server.ris.services import image_load_rgb
+    from workers.engine.blocks.proposals.cached import cached_proposals, proposal_params
+    from workers.engine.core.cache import FeatureCache, ImageContext
+    from workers.engine.core.inflight import read_marker
+    from workers.tasks.engine_access import image_input
+
+    SegmentationJob.objects.filter(pk=running.pk).update(state=JobState.QUEUED, config=FULL_GRID)
+    image = running.expression.image
+    amg = real_engine.pipeline(running.pipeline, FULL_GRID).config.amg
+
+    job_waits = threading.Event()
+
+    def slow(stage: str, done: int, total: int) -> None:
+        # A loaded background worker: it holds its first batch until the job waits for it (so the test
+        # does not depend on which thread is faster), then takes a while per batch.
+        if done == 0:
+            assert job_waits.wait(timeout=60), "the job never reported stage 'waiting'"
+        time.sleep(0.5)
+
+    preparer_ctx = ImageContext(
+        image=image_input(image_load_rgb(image), image.sha256),
+        cache=FeatureCache(cache_dir=real_engine.cache.cache_dir),
+        progress=slow,
+    )
+    preparer = threading.Thread(
+        target=cached_proposals, args=(preparer_ctx, real_engine.hub, "sam_tiny", amg)
+    )
+    preparer.start()
+    entry = preparer_ctx.cache.entry_path(
+        preparer_ctx.key("proposals", proposal_params(real_engine.hub, "sam_tiny", amg))
+    )
+    while read_marker(entry) is None and preparer.is_alive():
+        time.sleep(0.01)
+
+    stages = _spy(monkeypatch, "job_progress")
+    import server.ris.services as services
+
+    spied = services.job_progress
+
+    def note_waiting(**kwargs):
+        if kwargs["stage"]["name"] == "waiting":
+            job_waits.set()
+        return spied(**kwargs)
+
+    monkeypatch.setattr(services, "job_progress", note_waiting)
+    assert tasks.run_segmentation_job.apply(args=[running.pk]).get() == "succeeded"
+    preparer.join()
+    waited = [call["stage"] for call in stages if call["stage"]["name"] == "waiting"]
+    counted = [stage for stage in waited if stage.get("total")]  # none before the preparer's first batch
+    assert counted and all(stage["unit"] == "points" and stage["total"] == 144 for stage in counted)
+    full_run = [call["stage"] for call in stages][
+        [call["stage"]["name"] for call in stages].index("waiting") :
+    ]
+    assert all(not (stage["name"] == "proposals" and stage.get("total") == 144) for stage in full_run)
+    assert real_engine.meter.calls("sam_tiny") == 1  # the coarse grid only: the full grid was the preparer's
+    running.refresh_from_db()
+    assert running.state == JobState.SUCCEEDED and _ranks(running, partial=False)
