@@ -235,7 +235,7 @@ def test_task_with_the_real_engine_stores_early_then_final_candidates(monkeypatc
     assert "early_s" in running.timings
 
 
-def test_task_waits_for_another_workers_preparation_of_the_image(monkeypatch, real_engine, running, tmp_path):
+def test_task_waits_for_another_workers_preparation_of_the_image(monkeypatch, real_engine, running):
     """A background preparer (another process in production; a thread with its own cache here, over the
     same cache folder) is generating the image's proposals; the job reports stage ``waiting`` with the
     preparer's points and takes its proposals instead of generating them again."""

@@ -143,7 +143,9 @@ class JobOut(serializers.Serializer):
         help_text="interactive (typed on one image) or background (bulk rows, retries)."
     )
     stage = serializers.JSONField(
-        help_text='What the worker is doing: {"name", "done", "total", "unit", "estimate_s"}; {} while queued.'
+        help_text='What the worker is doing: {"name", "done", "total", "unit", "estimate_s"}; {} while queued. '
+        "name: loading, waiting (for another worker's preparation of the image), proposals, features, "
+        "scoring, writing."
     )
     elapsed_s = serializers.FloatField(help_text="Seconds waited (queued) or run (running, over).")
     estimate_s = serializers.FloatField(allow_null=True, help_text="Seconds left, estimated; null: unknown.")
