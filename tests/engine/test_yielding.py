@@ -145,3 +145,41 @@ def test_meter_stages_and_model_calls_yield_too() -> None:
 def test_bad_settings_are_refused_in_words(options) -> None:
     with pytest.raises(ValueError, match="must be"), yielding(lambda: False, **options):
         pass
+
+
+def test_the_fast_generator_pauses_between_decoder_batches_and_finds_the_same_masks() -> None:
+    import numpy as np
+    import torch
+
+    from workers.engine.blocks.proposals.amg import generate_proposals
+    from workers.engine.blocks.proposals.config import AmgConfig
+    from workers.engine.blocks.proposals.fast_amg import DEFAULT_DECODE_BATCH
+    from workers.engine.store.loaders.sam import SAM_TINY_ARCH, build_sam_tiny
+
+    torch.manual_seed(0)
+    sam = build_sam_tiny(
+        {**SAM_TINY_ARCH, "image_size": 64, "window_size": 2, "encoder_embed_dim": 16}
+    ).eval()
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    # 24 x 24 = 576 points: several decoder batches; thresholds off, so masks survive
+    config = AmgConfig(points_per_side=24, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    plain = generate_proposals(sam, rgb, config)
+
+    ticks = iter(range(1_000_000))  # a clock that moves one second per read: every checkpoint asks
+    asks: list[int] = []
+
+    def busy() -> bool:  # interactive work at every other ask: each checkpoint pauses once, then resumes
+        asks.append(1)
+        return len(asks) % 2 == 1
+
+    with yielding(
+        busy, min_interval_s=0.5, max_wait_s=60, clock=lambda: float(next(ticks)), sleep=lambda s: None
+    ) as stats:
+        paused = generate_proposals(sam, rgb, config)
+    batches = [where for where in stats.where if where == "automatic masks: decoder batch"]
+    decoder_batches = -(-24 * 24 // DEFAULT_DECODE_BATCH)
+    assert len(batches) == 1 + decoder_batches  # paused at the start report and after every decoder batch
+    assert len(plain.rles) >= 1
+    assert stats.ceilings == 0 and stats.pauses == len(stats.where)
+    assert [r["counts"] for r in paused.rles] == [r["counts"] for r in plain.rles]  # when, never what
+    assert np.array_equal(paused.predicted_iou, plain.predicted_iou)
