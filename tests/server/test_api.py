@@ -35,6 +35,7 @@ ENDPOINTS = [
     ("get", "/api/jobs/1/"),
     ("post", "/api/jobs/1/cancel/"),
     ("post", "/api/jobs/1/retry/"),
+    ("post", "/api/jobs/retry/"),
     ("get", "/api/jobs/1/candidates/"),
     ("get", "/api/expressions/1/reviews/"),
     ("post", "/api/expressions/1/reviews/"),

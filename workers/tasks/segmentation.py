@@ -23,9 +23,11 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from workers.celery_app import app
+from workers.lanes import BACKGROUND
 from workers.tasks import engine_access
 from workers.tasks.lifecycle import DB_RETRY_MAX, Lifecycle, Work, run_work
 from workers.tasks.progress import JobProgress, JobStopped, stage_seconds
+from workers.tasks.yielding import background_yielding
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def _lifecycle() -> Lifecycle:
             job_id=work.row.pk, error=words, timings=work.notes, attempt=work.attempt
         ),
         stale_seconds=job_stale_seconds,
+        background=lambda job: job.lane == BACKGROUND,
     )
 
 
@@ -119,6 +122,8 @@ def _segment(work: Work) -> str:
                 on_partial=_early_writer(job.pk, work.attempt, progress, timings),
             )
         timings["predict_s"] = time.perf_counter() - started
+        if work.yielded is not None:  # background: predict_s includes the pauses for interactive work
+            timings["yield_paused_s"] = round(work.yielded.paused_s, 3)
         progress.enter("writing")
     except JobStopped:
         logger.info("Job %s is no longer running (cancelled?); the engine was stopped", job.pk)
@@ -155,7 +160,8 @@ def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
     """Warm-up in the background lane: one image's image-level engine work into the cache ahead of time.
 
     Not a work row: nothing waits on it, so it has no claim and no retry; a failure costs only time
-    (the image's first job does the work itself) and is logged.
+    (the image's first job does the work itself) and is logged. It yields to interactive work between
+    its units (``workers.tasks.yielding``).
     """
     from server.ris.models import Image
     from server.ris.services import image_load_rgb
@@ -165,10 +171,11 @@ def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
         return "missing"
     try:
         engine = engine_access.engine_get()
-        engine.prepare(
-            engine_access.image_input(image_load_rgb(image), image.sha256),
-            pipeline=pipeline or settings.RIS_DEFAULT_PIPELINE,
-        )
+        with background_yielding(f"Preparing image {image_id}"):
+            engine.prepare(
+                engine_access.image_input(image_load_rgb(image), image.sha256),
+                pipeline=pipeline or settings.RIS_DEFAULT_PIPELINE,
+            )
     except (OperationalError, InterfaceError):
         raise
     except Exception:  # a warm-up that fails costs only time: the job does the work itself

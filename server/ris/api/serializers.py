@@ -164,6 +164,23 @@ class JobOut(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
+JOBS_RETRY_MAX = 500
+
+
+class JobsRetryInput(serializers.Serializer):
+    jobs = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        min_length=1,
+        max_length=JOBS_RETRY_MAX,
+        help_text="Ids of failed or cancelled jobs; all are queued again in the background lane, or none.",
+    )
+
+    def validate_jobs(self, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("Each job may be named once.")
+        return value
+
+
 class CandidateOut(serializers.Serializer):
     id = serializers.IntegerField()
     rank = serializers.IntegerField()

@@ -21,6 +21,7 @@ from server.ris.services.jobs import (
     job_retry,
     job_succeed,
     jobs_reconcile,
+    jobs_retry,
 )
 from server.ris.services.projects import project_create, project_member_add
 from server.ris.services.reviews import review_create
@@ -42,6 +43,7 @@ __all__ = [
     "job_retry",
     "job_succeed",
     "jobs_reconcile",
+    "jobs_retry",
     "project_create",
     "project_member_add",
     "review_create",

@@ -15,7 +15,10 @@ again, and failed in words after ``RIS_JOB_MAX_ATTEMPTS`` attempts. What is a jo
   written twice.
 - ``job_progress`` is the job's heartbeat with a progress figure; it answers False once the job was
   cancelled, which is how a worker notices a cancel while the engine works.
-- ``job_cancel`` and ``job_retry`` are the user's buttons.
+- ``job_cancel`` and ``job_retry`` are the user's buttons; ``jobs_retry`` retries many at once. Which lane
+  a retry joins: a person's Retry of a recent job keeps its lane (a typed expression stays interactive);
+  a Retry of a job older than ``RIS_RETRY_BACKGROUND_AFTER_S``, and every bulk retry, goes to the
+  background lane; the reconciler's re-sends keep the lane the row has.
 """
 
 from __future__ import annotations
@@ -213,19 +216,34 @@ def job_cancel(*, job: SegmentationJob) -> SegmentationJob:
     return job
 
 
+def job_retry_lane(*, job: SegmentationJob, now: datetime | None = None) -> str:
+    """The lane a person's single Retry of ``job`` joins.
+
+    A recent job keeps its lane (a Retry of an expression just typed stays interactive); a job created
+    more than ``RIS_RETRY_BACKGROUND_AFTER_S`` ago is a retry of old work and goes to the background lane,
+    as bulk retries do (``jobs_retry``). The reconciler's re-sends never come here: they keep the lane
+    the row has.
+    """
+    now = now or timezone.now()
+    age_s = (now - job.created_at).total_seconds()
+    if job.lane == JobLane.INTERACTIVE and age_s > float(settings.RIS_RETRY_BACKGROUND_AFTER_S):
+        return JobLane.BACKGROUND
+    return str(job.lane)
+
+
 def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJob:
     """Queue a failed or cancelled job again and send it to a worker on commit.
 
     It joins the back of its lane (``enqueued_at`` is now, so the queue position counts the jobs queued
-    before the Retry), without the early candidates of its last attempt (unless a review chose one), in
-    ``lane`` when given (e.g. ``background`` for retries of old jobs in bulk).
-    Raises ``Conflict`` unless the job is failed or cancelled, ``InvalidInput`` for an unknown lane.
+    before the Retry), without the early candidates of its last attempt (unless a review chose one):
+    ``lane`` when given, else ``job_retry_lane`` (a recent job keeps its lane, an old one goes to the
+    background). Raises ``Conflict`` unless the job is failed or cancelled, ``InvalidInput`` for an
+    unknown lane.
     """
-    values: dict[str, Any] = {}
-    if lane is not None:
-        if lane not in JobLane.values:
-            raise InvalidInput(f"Unknown lane {lane!r}; the lanes are {', '.join(JobLane.values)}.")
-        values["lane"] = lane
+    if lane is None:
+        lane = job_retry_lane(job=job)
+    if lane not in JobLane.values:
+        raise InvalidInput(f"Unknown lane {lane!r}; the lanes are {', '.join(JobLane.values)}.")
     with transaction.atomic():
         updated = SegmentationJob.objects.filter(
             pk=job.pk, state__in=[JobState.FAILED, JobState.CANCELLED]
@@ -233,7 +251,7 @@ def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJ
             state=JobState.QUEUED,
             enqueued_at=timezone.now(),
             stage={},
-            **values,
+            lane=lane,
             progress=0.0,
             error="",
             started_at=None,
@@ -249,6 +267,17 @@ def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJ
         Candidate.objects.filter(job_id=job.pk, partial=True, reviews__isnull=True).delete()
         job_enqueue_on_commit(job_id=job.pk)
     return job
+
+
+def jobs_retry(*, jobs: Sequence[SegmentationJob]) -> list[SegmentationJob]:
+    """Retry several failed or cancelled jobs at once, all in the background lane (a bulk retry is
+    background work: nobody waits on one of them at the screen), in the order given.
+
+    All or nothing: raises ``Conflict`` naming the first job that is neither failed nor cancelled, and
+    then none is queued again.
+    """
+    with transaction.atomic():
+        return [job_retry(job=job, lane=JobLane.BACKGROUND) for job in jobs]
 
 
 def jobs_reconcile(*, now: datetime | None = None) -> ReconcileReport:

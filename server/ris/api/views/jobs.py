@@ -1,4 +1,4 @@
-"""Jobs (status, cancel, retry), their candidates, and reviews of expressions."""
+"""Jobs (status, cancel, retry, bulk retry), their candidates, and reviews of expressions."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from server.ris.api.serializers import (
     CandidateOut,
     ErrorOut,
     JobOut,
+    JobsRetryInput,
     ReviewCreateInput,
     ReviewOut,
 )
@@ -55,6 +56,25 @@ class JobRetryApi(APIView):
     def post(self, request: Request, job_id: int) -> Response:
         job = services.job_retry(job=selectors.job_get(user=request.user, job_id=job_id))
         return Response(JobOut(with_queue_position(job, request.user)).data)
+
+
+class JobsRetryApi(APIView):
+    """Retry many jobs at once (bulk): all go to the background lane; a single Retry is ``JobRetryApi``."""
+
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "job_create"
+
+    @extend_schema(
+        operation_id="jobs_retry_bulk",
+        request=JobsRetryInput,
+        responses={200: JobOut(many=True), 400: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
+    )
+    def post(self, request: Request) -> Response:
+        data = JobsRetryInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        jobs = [selectors.job_get(user=request.user, job_id=pk) for pk in data.validated_data["jobs"]]
+        retried = services.jobs_retry(jobs=jobs)
+        return Response(JobOut([with_queue_position(job, request.user) for job in retried], many=True).data)
 
 
 class JobCandidatesApi(APIView):
