@@ -20,6 +20,11 @@ is written atomically (temporary file renamed into place) and removed when its w
 not; a crash leaves a stale one, which is ignored after ``stale_s`` and replaced by the next computer.
 
 No marker without a disk cache (``cache_dir`` ``None``): processes then share nothing to wait for.
+
+With background work that yields (``workers.engine.core.yielding``): a preparer paused for interactive work
+stops beating, so a job would find its marker stale after ``stale_s`` and compute itself. The task layer
+therefore does not count a job in stage ``waiting`` as interactive work (``interactive_work_running``): the
+preparer a job waits for goes on at full speed, while it still pauses for everyone else.
 """
 
 from __future__ import annotations
