@@ -104,6 +104,22 @@ def test_waiting_then_early_then_final_candidates_in_place(page, live_server, ru
     shot(page, "early-then-final")
 
 
+def test_the_image_page_offers_early_candidates_for_review(page, live_server, running_job):
+    from server.ris.services import job_partial_candidates
+
+    job = running_job
+    sign_in(page, live_server)
+    page.goto(f"{live_server.url}/images/{job.expression.image_id}/")
+    page.locator(".job-status", has_text="Running").wait_for(timeout=WAIT_MS)
+    assert page.locator("a", has_text="Review early candidates").count() == 0
+    assert job_partial_candidates(job_id=job.pk, candidates=_candidates(_early_masks()), attempt=1)
+    link = page.locator("a", has_text="Review early candidates")
+    link.wait_for(timeout=WAIT_MS)
+    link.click()
+    page.locator(".early-note").wait_for(timeout=WAIT_MS)
+    assert page.locator(".candidate-btn").count() == 2
+
+
 def test_an_early_candidate_accepted_while_running_stays_the_verdict(page, live_server, running_job):
     from server.ris.models import Candidate, Review
     from server.ris.services import job_partial_candidates, job_succeed
