@@ -180,3 +180,26 @@ def test_a_dead_workers_marker_does_not_hold_up_the_proposals(model_hub: ModelHu
     assert len(cached_proposals(ctx, model_hub, "sam_tiny", amg)) > 0
     assert {stage for stage, _, _ in reports} == {"proposals"}
     assert not marker_path(entry).exists()  # its own marker replaced the dead one, then went
+
+
+def test_a_cancelled_run_takes_its_marker_away(model_hub: ModelHub, tmp_path: Path) -> None:
+    class Cancelled(Exception):
+        pass
+
+    seen_marker: list[bool] = []
+
+    def cancel_at_first_batch(stage: str, done: int, total: int) -> None:
+        seen_marker.append(read_marker(entry) is not None)
+        if done > 0:
+            raise Cancelled
+
+    rgb = random_rgb(64, 96, seed=5)
+    amg = AmgConfig(**{**TINY_SAM_AMG, "points_per_side": 4})
+    ctx = ImageContext(
+        image=image_input(rgb), cache=FeatureCache(cache_dir=tmp_path), progress=cancel_at_first_batch
+    )
+    entry = ctx.cache.entry_path(ctx.key("proposals", proposal_params(model_hub, "sam_tiny", amg)))
+    with pytest.raises(Cancelled):
+        cached_proposals(ctx, model_hub, "sam_tiny", amg)
+    assert seen_marker and all(seen_marker)  # marked while it ran
+    assert not marker_path(entry).exists() and not entry.exists()  # nothing left: no marker, no value
