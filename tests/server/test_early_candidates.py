@@ -108,6 +108,38 @@ def test_an_accepted_early_candidate_is_kept_beside_the_final_ones(running, user
     assert review.candidate_id == early.pk and Review.objects.get().candidate.rle == early.rle
 
 
+def test_an_early_candidate_replaced_meanwhile_cannot_be_accepted(running, user):
+    job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    early = Candidate.objects.get(job=running, partial=True, rank=0)
+    job_succeed(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    with pytest.raises(InvalidInput, match="not one of the candidates"):
+        review_create(
+            expression=running.expression, decision="accepted", reviewer=user, candidate_id=early.pk
+        )
+    assert Review.objects.count() == 0
+
+
+def test_a_review_of_an_early_candidate_deleted_under_it_is_refused_in_words(running, user, monkeypatch):
+    """The race with job_succeed: the early row was read, then replaced by the final ones while the review
+    waited for the job's lock; the review then finds it gone and says so (a 400, not a broken verdict)."""
+    job_partial_candidates(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+    early = Candidate.objects.get(job=running, partial=True, rank=0)
+
+    class JobsReplacedWhileLocking:
+        class objects:  # noqa: N801 - the shape of a model's manager
+            @staticmethod
+            def select_for_update():
+                job_succeed(job_id=running.pk, candidates=candidate_dicts(20, 30, 2), attempt=1)
+                return SegmentationJob.objects.select_for_update()
+
+    monkeypatch.setattr("server.ris.services.reviews.SegmentationJob", JobsReplacedWhileLocking)
+    with pytest.raises(InvalidInput, match="replaced by the final ones"):
+        review_create(
+            expression=running.expression, decision="accepted", reviewer=user, candidate_id=early.pk
+        )
+    assert Review.objects.count() == 0
+
+
 # -- the API ----------------------------------------------------------------------------------------
 
 
