@@ -249,7 +249,8 @@ def interactive_work_running(*, now: datetime | None = None) -> bool:
     Background work (``workers.tasks.yielding``) asks this between its units of work, at most every
     ``RIS_BACKGROUND_YIELD_POLL_S``: two ``EXISTS`` queries on indexed columns (a job's lane and state, a
     refine's state), a millisecond on an idle database. A row whose worker died stops counting once its
-    heartbeat is stale.
+    heartbeat is stale. A job in stage ``waiting`` does not count: it waits for a background worker's
+    preparation of its image (``workers.engine.core.inflight``), which must not pause for it.
     """
     now = now or timezone.now()
     job_since = now - timedelta(seconds=float(settings.RIS_JOB_STALE_SECONDS))
@@ -257,6 +258,8 @@ def interactive_work_running(*, now: datetime | None = None) -> bool:
     return (
         SegmentationJob.objects.filter(
             lane=JobLane.INTERACTIVE, state=JobState.RUNNING, heartbeat_at__gte=job_since
-        ).exists()
+        )
+        .exclude(stage__contains={"name": "waiting"})  # (a key lookup would drop rows without a name)
+        .exists()
         or RefineRequest.objects.filter(state=RefineState.RUNNING, heartbeat_at__gte=refine_since).exists()
     )

@@ -16,7 +16,7 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from server.ris.models import JobState, SegmentationJob
-from server.ris.services import expression_create, job_claim
+from server.ris.services import expression_create, job_claim, job_progress
 from server.web.models import RefineRequest, RefineState
 from server.web.selectors import interactive_work_running
 from server.web.services.refine import refine_request_claim
@@ -75,6 +75,11 @@ def test_interactive_work_runs_while_an_interactive_job_or_a_refine_runs(image, 
     job_claim(job_id=bulk.pk, worker="background@here")
     assert not interactive_work_running()  # background work never counts
     job_claim(job_id=typed.pk, worker="interactive@here")
+    assert interactive_work_running()
+    # Waiting for the background preparation of its image: the preparer must not pause for it.
+    assert job_progress(job_id=typed.pk, progress=0.1, stage={"name": "waiting", "done": 64, "total": 1024})
+    assert not interactive_work_running()
+    assert job_progress(job_id=typed.pk, progress=0.2, stage={"name": "features"})
     assert interactive_work_running()
     SegmentationJob.objects.filter(pk=typed.pk).update(state=JobState.SUCCEEDED)
     assert not interactive_work_running()  # done: background work resumes

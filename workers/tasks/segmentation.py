@@ -5,13 +5,18 @@ The job runs through the shared lifecycle (``workers.tasks.lifecycle``): claimed
 a heartbeat while it runs (a cancelled job is noticed and its result not written), the error in words on
 the job, database-unavailable retries with backoff. The body loads the image, asks the engine for the
 expression's ranked candidates, and ``job_succeed`` writes them with the config that actually ran.
+
+Early candidates: on an image without proposals yet the engine first ranks a coarse point grid and hands
+that ranking to ``on_partial``; ``job_partial_candidates`` stores it at once (the page shows it, the
+annotator may accept from it), and the final candidates replace it when the full run ends. A cancel
+noticed there stops the engine like one noticed at a progress report.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -64,6 +69,32 @@ def _reporter(job_id: int, attempt: int) -> JobProgress:
     return JobProgress(report, history_s=typical)
 
 
+def _early_writer(
+    job_id: int, attempt: int, progress: JobProgress, timings: dict[str, Any]
+) -> Callable[[Any], None]:
+    """``on_partial`` for the engine: store the early candidates (a ``Prediction`` with ``partial=True``)
+    and note in ``timings["early_s"]`` the seconds from this call to them; raise ``JobStopped`` if the
+    job ended meanwhile."""
+    from server.ris.services import job_partial_candidates
+
+    started = time.perf_counter()
+
+    def write(prediction: Any) -> None:
+        ranked = prediction.candidates
+        early = [candidate.to_json() for candidate in (ranked[0] if ranked else [])]
+        try:
+            still_running = job_partial_candidates(job_id=job_id, candidates=early, attempt=attempt)
+        except (OperationalError, InterfaceError):
+            logger.warning("Job %s: could not store its early candidates; going on", job_id, exc_info=True)
+            still_running = True
+        if not still_running:
+            raise JobStopped("the job left the running state when its early candidates came")
+        timings["early_s"] = time.perf_counter() - started
+        progress.restart()  # the full run reports its stages afresh
+
+    return write
+
+
 def _segment(work: Work) -> str:
     """Run the engine on the claimed job and store its candidates; the outcome in one word."""
     from server.ris.services import image_load_rgb, job_succeed
@@ -88,6 +119,7 @@ def _segment(work: Work) -> str:
                 pipeline=job.pipeline,
                 config=job.config,
                 top_k=settings.RIS_CANDIDATES_KEPT,
+                on_partial=_early_writer(job.pk, work.attempt, progress, timings),
             )
         timings["predict_s"] = time.perf_counter() - started
         if work.yielded is not None:  # background: predict_s includes the pauses for interactive work

@@ -6,9 +6,13 @@ never. The claim, heartbeat, fail and reconciler rules are those of every kind o
 it, or when its heartbeat is older than ``RIS_JOB_STALE_SECONDS``; a job whose worker was lost is sent
 again, and failed in words after ``RIS_JOB_MAX_ATTEMPTS`` attempts. What is a job's own:
 
-- ``job_succeed`` writes all candidates in one transaction, replacing any earlier ones, and only while
-  the job is still running (under the worker's attempt, when given): a cancelled job stays cancelled, a
-  finished one is not written twice.
+- ``job_partial_candidates`` stores early candidates (``Candidate.partial``, ranked over a coarse point
+  grid) while the job runs, under the same attempt check as ``job_progress``, so the page can show them
+  at once; they may be accepted like final ones.
+- ``job_succeed`` writes all candidates in one transaction, replacing any earlier ones (the early ones
+  too, except those a review chose: the verdict keeps its mask), and only while the job is still running
+  (under the worker's attempt, when given): a cancelled job stays cancelled, a finished one is not
+  written twice.
 - ``job_progress`` is the job's heartbeat with a progress figure; it answers False once the job was
   cancelled, which is how a worker notices a cancel while the engine works.
 - ``job_cancel`` and ``job_retry`` are the user's buttons; ``jobs_retry`` retries many at once. Which lane
@@ -28,6 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from server.ris.errors import Conflict, InvalidInput
@@ -117,6 +122,30 @@ def job_progress(
     return work_heartbeat(JOB_WORK, pk=job_id, attempt=attempt, **values)
 
 
+def job_partial_candidates(
+    *, job_id: int, candidates: Sequence[Mapping[str, Any]], attempt: int | None = None
+) -> bool:
+    """Store early candidates of a running job (``partial=True``), replacing earlier early ones.
+
+    ``candidates``: as for :func:`job_succeed`. Early candidates a review already chose are kept, and
+    then no new early candidates are written (the annotator has picked; the final ones are on the way).
+    Returns False, writing nothing, when the job is no longer running (under ``attempt`` when given):
+    the worker stops, as on a False from ``job_progress``. Raises ``InvalidInput`` for a malformed
+    candidate.
+    """
+    rows = _candidate_rows(job_id, candidates, partial=True)
+    with transaction.atomic():
+        job = SegmentationJob.objects.select_for_update().get(pk=job_id)
+        if job.state != JobState.RUNNING or (attempt is not None and job.attempts != attempt):
+            return False
+        early = Candidate.objects.filter(job_id=job_id, partial=True)
+        if early.filter(reviews__isnull=False).exists():
+            return True
+        early.delete()
+        Candidate.objects.bulk_create(rows)
+    return True
+
+
 def job_succeed(
     *,
     job_id: int,
@@ -133,10 +162,7 @@ def job_succeed(
     by another delivery of its message), or, with ``attempt``, running under another attempt (taken over).
     Raises ``InvalidInput`` for a malformed candidate.
     """
-    rows = [_candidate_row(job_id, item, index) for index, item in enumerate(candidates)]
-    ranks = [row.rank for row in rows]
-    if len(set(ranks)) != len(ranks):
-        raise InvalidInput(f"The engine returned candidates with repeated ranks: {sorted(ranks)}.")
+    rows = _candidate_rows(job_id, candidates)
     with transaction.atomic():
         job = SegmentationJob.objects.select_for_update().get(pk=job_id)
         if job.state != JobState.RUNNING or (attempt is not None and job.attempts != attempt):
@@ -148,7 +174,10 @@ def job_succeed(
                 attempt,
             )
             return False
-        Candidate.objects.filter(job_id=job_id).delete()
+        chosen_early = Q(partial=True, reviews__isnull=False)
+        Candidate.objects.filter(job_id=job_id).exclude(
+            pk__in=Candidate.objects.filter(chosen_early)
+        ).delete()
         Candidate.objects.bulk_create(rows)
         job.state = JobState.SUCCEEDED
         job.progress = 1.0
@@ -206,9 +235,10 @@ def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJ
     """Queue a failed or cancelled job again and send it to a worker on commit.
 
     It joins the back of its lane (``enqueued_at`` is now, so the queue position counts the jobs queued
-    before the Retry): ``lane`` when given, else ``job_retry_lane`` (a recent job keeps its lane, an old
-    one goes to the background). Raises ``Conflict`` unless the job is failed or cancelled,
-    ``InvalidInput`` for an unknown lane.
+    before the Retry), without the early candidates of its last attempt (unless a review chose one):
+    ``lane`` when given, else ``job_retry_lane`` (a recent job keeps its lane, an old one goes to the
+    background). Raises ``Conflict`` unless the job is failed or cancelled, ``InvalidInput`` for an
+    unknown lane.
     """
     if lane is None:
         lane = job_retry_lane(job=job)
@@ -233,6 +263,8 @@ def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJ
         job.refresh_from_db()
         if updated == 0:
             raise Conflict(f"Job {job.pk} is {job.state}; only failed or cancelled jobs can be retried.")
+        # The last attempt's early candidates go (the new attempt makes its own), except one a review chose.
+        Candidate.objects.filter(job_id=job.pk, partial=True, reviews__isnull=True).delete()
         job_enqueue_on_commit(job_id=job.pk)
     return job
 
@@ -253,7 +285,17 @@ def jobs_reconcile(*, now: datetime | None = None) -> ReconcileReport:
     return work_reconcile(JOB_WORK, now=now)
 
 
-def _candidate_row(job_id: int, item: Mapping[str, Any], index: int) -> Candidate:
+def _candidate_rows(
+    job_id: int, candidates: Sequence[Mapping[str, Any]], *, partial: bool = False
+) -> list[Candidate]:
+    rows = [_candidate_row(job_id, item, index, partial=partial) for index, item in enumerate(candidates)]
+    ranks = [row.rank for row in rows]
+    if len(set(ranks)) != len(ranks):
+        raise InvalidInput(f"The engine returned candidates with repeated ranks: {sorted(ranks)}.")
+    return rows
+
+
+def _candidate_row(job_id: int, item: Mapping[str, Any], index: int, *, partial: bool = False) -> Candidate:
     try:
         rank = int(item.get("rank", index))
         rle = item["rle"]
@@ -283,4 +325,5 @@ def _candidate_row(job_id: int, item: Mapping[str, Any], index: int) -> Candidat
         area=area,
         score=score,
         components=components,
+        partial=partial,
     )

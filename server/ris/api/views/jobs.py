@@ -23,8 +23,10 @@ from server.ris.selectors import User
 
 
 def with_queue_position(job: SegmentationJob | None, user: User) -> SegmentationJob | None:
-    """Set ``job.queue_position`` (as ``user`` may count it), ``elapsed_s`` and ``estimate_s`` for ``JobOut``."""
+    """Set ``job.queue_position`` (as ``user`` may count it), ``elapsed_s``, ``estimate_s`` and ``partial``
+    for ``JobOut``."""
     if job is not None:
+        job.partial = selectors.job_has_partial_candidates(job=job)
         job.queue_position = selectors.job_queue_position(job=job, user=user)
         timing = selectors.job_timing(job=job)
         job.elapsed_s = timing["elapsed_s"]
@@ -76,7 +78,8 @@ class JobsRetryApi(APIView):
 
 
 class JobCandidatesApi(APIView):
-    """Ranked candidate masks of a job (empty until it succeeds)."""
+    """Ranked candidate masks of a job: early ones (``partial``) while it runs, the final ones once it
+    succeeded (then any early one a review chose), none before."""
 
     @extend_schema(responses={200: CandidateOut(many=True), 404: ErrorOut})
     def get(self, request: Request, job_id: int) -> Response:
