@@ -22,6 +22,9 @@ rm -f "$RIS_WORKER_READY_FILE"
 # One worker process per lane (workers/lanes.py), so a click or a typed expression never waits behind
 # background work (preparing uploads, bulk rows, benchmark shards): the interactive one also serves the
 # light default queue (the reconciler, milliseconds) and runs the beat. Each process loads its own models.
+# The background process lowers its own CPU priority as it starts (os.nice(RIS_BACKGROUND_NICE), default 10,
+# because it consumes only the background queue) and pauses its work between units while interactive work
+# runs (RIS_BACKGROUND_YIELD): a click on two cores shares them with at most one background unit.
 # Running as root (a container) makes Celery warn about privileges on every start; nothing to act on here.
 VAR=${RIS_VAR_DIR:-var}
 mkdir -p "$VAR"

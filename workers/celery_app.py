@@ -10,6 +10,8 @@ Queues: one per lane (``workers.lanes``: ``interactive`` for work a person waits
 for the rest; model work, one solo worker process per lane and device, prefetch 1, late acks so a killed
 worker's job is delivered again), ``default`` for light periodic work (the reconciler). The embedded
 broker (``filesystem://``) is ``workers.broker_fs``: kombu's filesystem transport, delivering in order.
+A worker that consumes only the background queue lowers its CPU priority as it starts
+(``workers.tasks.yielding.lower_priority``, ``RIS_BACKGROUND_NICE``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready
+from celery.signals import celeryd_after_setup, worker_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "server.config.settings")
 
@@ -46,6 +48,14 @@ def ensure_broker_folders() -> None:
 @worker_init.connect
 def _worker_init(**_: object) -> None:
     ensure_broker_folders()
+
+
+@celeryd_after_setup.connect
+def _worker_after_setup(instance: object, **_: object) -> None:
+    """A worker that consumes only the background lane lowers its CPU priority (``RIS_BACKGROUND_NICE``)."""
+    from workers.tasks.yielding import lower_priority
+
+    lower_priority(instance.app.amqp.queues.consume_from or {})  # type: ignore[attr-defined]
 
 
 @worker_ready.connect

@@ -241,6 +241,16 @@ RIS_JOB_MAX_ATTEMPTS = env.int("RIS_JOB_MAX_ATTEMPTS", default=3)  # jobs, refin
 RIS_REFINE_STALE_SECONDS = env.int("RIS_REFINE_STALE_SECONDS", default=300)
 # Each new image is prepared (proposals, image features) by the background lane, one task per image.
 RIS_PREPARE_ON_UPLOAD = env.bool("RIS_PREPARE_ON_UPLOAD", default=True)
+# Background work yields (workers/tasks/yielding.py): between two units of work (a decoder batch, a crop, an
+# encoder block) it pauses while an interactive job or a refine request is running, asking the database at
+# most every RIS_BACKGROUND_YIELD_POLL_S; one pause lasts at most RIS_BACKGROUND_YIELD_MAX_S. A worker that
+# consumes only the background lane also lowers its CPU priority by RIS_BACKGROUND_NICE (0: unchanged).
+RIS_BACKGROUND_YIELD = env.bool("RIS_BACKGROUND_YIELD", default=True)
+RIS_BACKGROUND_YIELD_POLL_S = env.float("RIS_BACKGROUND_YIELD_POLL_S", default=0.5)
+RIS_BACKGROUND_YIELD_MAX_S = env.float("RIS_BACKGROUND_YIELD_MAX_S", default=120.0)
+RIS_BACKGROUND_NICE = env.int("RIS_BACKGROUND_NICE", default=10)
+# A person's Retry of a job older than this joins the background lane (a recent one keeps its lane).
+RIS_RETRY_BACKGROUND_AFTER_S = env.int("RIS_RETRY_BACKGROUND_AFTER_S", default=1800)
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's filesystem transport, made to deliver in order (workers/broker_fs.py says what it fixes).
     CELERY_BROKER_TRANSPORT = "workers.broker_fs:Transport"

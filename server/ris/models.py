@@ -127,9 +127,9 @@ class SegmentationJob(models.Model):
     of old jobs). ``enqueued_at`` is when it last joined its lane (creation, or a Retry): the queue
     position orders by it. ``stage`` is what the worker is doing now, for the page:
     ``{"name": "proposals", "done": 3, "total": 16, "unit": "point batches", "estimate_s": 12.5}``
-    (``name`` one of ``loading``, ``proposals``, ``features``, ``scoring``, ``writing``, as
-    ``workers/tasks/progress.py`` reports them; the page also words ``waiting_preparation``, which no worker
-    reports yet; the other keys optional).
+    (``name`` one of ``loading``, ``waiting`` (for another worker's preparation of the image), ``proposals``,
+    ``features``, ``scoring``, ``writing``, as ``workers/tasks/progress.py`` reports them; the other keys
+    optional).
     """
 
     expression = models.ForeignKey(Expression, on_delete=models.CASCADE, related_name="jobs")
@@ -173,7 +173,13 @@ class SegmentationJob(models.Model):
 
 
 class Candidate(models.Model):
-    """One ranked mask of a job (rank 0 is the best)."""
+    """One ranked mask of a job (rank 0 is the best).
+
+    ``partial``: an early candidate, ranked over a coarse point grid while the job still runs
+    (``job_partial_candidates``); the job's final candidates replace the early ones when it succeeds,
+    except an early one a review chose, which is kept (so the verdict keeps its mask). Ranks are unique
+    per job among early and among final candidates.
+    """
 
     job = models.ForeignKey(SegmentationJob, on_delete=models.CASCADE, related_name="candidates")
     rank = models.PositiveIntegerField()
@@ -182,10 +188,13 @@ class Candidate(models.Model):
     area = models.PositiveIntegerField()
     score = models.FloatField()
     components = models.JSONField(default=dict, blank=True)
+    partial = models.BooleanField(default=False)
 
     class Meta:
-        ordering = ["job", "rank"]
-        constraints = [models.UniqueConstraint(fields=["job", "rank"], name="ris_candidate_unique_rank")]
+        ordering = ["job", "partial", "rank"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "partial", "rank"], name="ris_candidate_unique_early_rank")
+        ]
 
     def __str__(self) -> str:
         return f"candidate {self.rank} of job {self.job_id}"

@@ -228,7 +228,17 @@ def job_timing(*, job: SegmentationJob, now: datetime | None = None) -> dict[str
 
 
 def candidate_list(*, job: SegmentationJob) -> QuerySet[Candidate]:
-    return Candidate.objects.filter(job=job).order_by("rank")
+    """The job's candidates: the final ones by rank, then the early ones (``partial``) by rank.
+
+    While the job runs there are only early ones (if any yet); once it succeeded, only the early ones a
+    review chose remain beside the final ones.
+    """
+    return Candidate.objects.filter(job=job).order_by("partial", "rank")
+
+
+def job_has_partial_candidates(*, job: SegmentationJob) -> bool:
+    """Whether the job runs and shows early candidates so far (better ones coming)."""
+    return job.state == JobState.RUNNING and Candidate.objects.filter(job=job, partial=True).exists()
 
 
 def review_list(*, expression: Expression) -> QuerySet[Review]:
@@ -238,6 +248,7 @@ def review_list(*, expression: Expression) -> QuerySet[Review]:
 __all__ = [
     "IMAGE_STATUSES",
     "candidate_list",
+    "job_has_partial_candidates",
     "expression_get",
     "expression_list",
     "image_get",

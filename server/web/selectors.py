@@ -7,9 +7,12 @@ member of); everything here starts from a project already obtained that way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import OuterRef, QuerySet, Subquery
+from django.utils import timezone
 
 from server.ris.errors import ObjectNotFound
 from server.ris.models import (
@@ -17,6 +20,8 @@ from server.ris.models import (
     CheckVerdict,
     Expression,
     Image,
+    JobLane,
+    JobState,
     Project,
     Review,
     ReviewCheck,
@@ -24,7 +29,7 @@ from server.ris.models import (
     SegmentationJob,
 )
 from server.ris.selectors import User, expression_get, image_get
-from server.web.models import RefineRequest
+from server.web.models import RefineRequest, RefineState
 
 
 @dataclass(frozen=True)
@@ -234,3 +239,27 @@ def team_progress(*, project: Project) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def interactive_work_running(*, now: datetime | None = None) -> bool:
+    """True while someone waits at the screen on a worker: an interactive-lane job or a refine request is
+    running, with a live heartbeat (newer than ``RIS_JOB_STALE_SECONDS`` for a job,
+    ``RIS_REFINE_STALE_SECONDS`` for a refine), in any project.
+
+    Background work (``workers.tasks.yielding``) asks this between its units of work, at most every
+    ``RIS_BACKGROUND_YIELD_POLL_S``: two ``EXISTS`` queries on indexed columns (a job's lane and state, a
+    refine's state), a millisecond on an idle database. A row whose worker died stops counting once its
+    heartbeat is stale. A job in stage ``waiting`` does not count: it waits for a background worker's
+    preparation of its image (``workers.engine.core.inflight``), which must not pause for it.
+    """
+    now = now or timezone.now()
+    job_since = now - timedelta(seconds=float(settings.RIS_JOB_STALE_SECONDS))
+    refine_since = now - timedelta(seconds=float(settings.RIS_REFINE_STALE_SECONDS))
+    return (
+        SegmentationJob.objects.filter(
+            lane=JobLane.INTERACTIVE, state=JobState.RUNNING, heartbeat_at__gte=job_since
+        )
+        .exclude(stage__contains={"name": "waiting"})  # (a key lookup would drop rows without a name)
+        .exists()
+        or RefineRequest.objects.filter(state=RefineState.RUNNING, heartbeat_at__gte=refine_since).exists()
+    )

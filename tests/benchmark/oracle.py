@@ -8,7 +8,7 @@ tests run the real engine with that plugin pipeline; the end-to-end test runs th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -46,7 +46,10 @@ class ColourOracleEngine:
         config: Mapping | None = None,
         top_k: int | None = None,
         isolated: bool = False,
+        on_progress: Callable[[str, int, int], None] | None = None,
+        on_partial: Callable[[Prediction], None] | None = None,
     ) -> Prediction:
+        # No coarse grid here: as ``Engine.predict`` on a prepared image, ``on_partial`` is never called.
         self.calls.append((image.sha256, len(expressions), pipeline))
         self.isolated.append(isolated)
         with self.meter.model_call("oracle_image_model"):

@@ -35,6 +35,7 @@ ENDPOINTS = [
     ("get", "/api/jobs/1/"),
     ("post", "/api/jobs/1/cancel/"),
     ("post", "/api/jobs/1/retry/"),
+    ("post", "/api/jobs/retry/"),
     ("get", "/api/jobs/1/candidates/"),
     ("get", "/api/expressions/1/reviews/"),
     ("post", "/api/expressions/1/reviews/"),
@@ -179,7 +180,7 @@ def test_expression_job_candidates_review_flow(api_client, image, user):
     assert detail["state"] == "succeeded" and detail["progress"] == 1.0 and detail["queue_position"] is None
     candidates = api_client.get(f"/api/jobs/{job['id']}/candidates/").json()
     assert [c["rank"] for c in candidates] == [0, 1, 2]
-    assert set(candidates[0]) == {"id", "rank", "rle", "bbox_xyxy", "area", "score", "components"}
+    assert set(candidates[0]) == {"id", "rank", "rle", "bbox_xyxy", "area", "score", "components", "partial"}
     assert candidates[0]["rle"]["size"] == [image.height, image.width]
 
     review_url = f"/api/expressions/{body['id']}/reviews/"

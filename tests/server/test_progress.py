@@ -21,7 +21,7 @@ class SteppingEngine(FakeEngine):
         super().__init__()
         self.during = during or (lambda: None)
 
-    def predict(self, image, expressions, *, pipeline, config=None, top_k=None):
+    def predict(self, image, expressions, *, pipeline, config=None, top_k=None, **callbacks):
         with self.meter.stage("proposals"):
             for done in (4, 8, 12, 16):
                 self.meter.progress("proposals", done, 16, "points")
@@ -30,7 +30,7 @@ class SteppingEngine(FakeEngine):
             self.during()
         with self.meter.stage("scoring"):
             self.during()
-        return super().predict(image, expressions, pipeline=pipeline, config=config, top_k=top_k)
+        return super().predict(image, expressions, pipeline=pipeline, config=config, top_k=top_k, **callbacks)
 
 
 @pytest.fixture
@@ -94,6 +94,30 @@ def test_estimates_from_pace_and_from_history():
     refusing = JobProgress(lambda p, stage: False)
     with pytest.raises(JobStopped):
         refusing.enter("loading")
+
+
+def test_waiting_for_another_worker_then_the_full_run_after_early_candidates():
+    now = {"t": 0.0}
+    written: list[tuple[float, dict]] = []
+    progress = JobProgress(
+        lambda p, stage: written.append((p, dict(stage))) or True,
+        history_s={"proposals": 30.0, "features": 4.0, "scoring": 1.0},
+        min_interval_s=0.0,
+        clock=lambda: now["t"],
+    )
+    # The coarse run (early candidates) goes through proposals to scoring.
+    progress("proposals", None, None, "")
+    progress("scoring", None, None, "")
+    progress("waiting", 100, 1000, "points")  # the full run's wait would move back: not written...
+    assert written[-1][1]["name"] == "scoring"
+    progress.restart()  # ...until the early candidates are stored and the full run starts over
+    progress("waiting", 100, 1000, "points")
+    assert written[-1][1] == {"name": "waiting", "done": 100, "total": 1000, "unit": "points"}  # no pace yet
+    now["t"] = 5.0
+    progress("waiting", 200, 1000, "points")  # 100 points in 5 s: 40 s left, + features and scoring
+    assert written[-1][1]["estimate_s"] == pytest.approx(45.0)
+    progress("proposals", None, None, "")  # found it cached after all: forward, fine
+    assert written[-1][1]["name"] == "proposals"
 
 
 def test_stage_seconds_of_finished_timings():

@@ -8,6 +8,8 @@ PostgreSQL and MobileSAM are exercised in tests/integration and tests/faults.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from django.db import OperationalError
@@ -34,11 +36,25 @@ class FakeEngine:
         self.error = error
         self.predicted: list[dict] = []
         self.prepared: list[tuple[str, str]] = []
+        self.early = False  # hand early candidates (one band) to on_partial first, as on an unprepared image
+        self.after_early: Callable[[], None] = lambda: None
 
     def resolve_config(self, pipeline, overrides=None):
         return {"pipeline": pipeline, "v": 0.95, "r": 0.5, **dict(overrides or {})}
 
-    def predict(self, image, expressions, *, pipeline, config=None, top_k=None):
+    def predict(
+        self, image, expressions, *, pipeline, config=None, top_k=None, on_progress=None, on_partial=None
+    ):
+        if self.early and on_partial is not None:
+            height, width = image.rgb.shape[:2]
+            mask = np.zeros((height, width), dtype=bool)
+            mask[height // 2 :, :] = True
+            coarse = EngineCandidate(
+                0, rle_from_mask(mask), (0, height // 2, width, height), int(mask.sum()), 0.5, {}
+            )
+            resolved = self.resolve_config(pipeline, config)
+            on_partial(Prediction([[coarse] for _ in expressions], pipeline, resolved, "tiny", partial=True))
+            self.after_early()
         self.predicted.append(
             {
                 "shape": image.rgb.shape,

@@ -68,8 +68,10 @@ class FakeEngine(ColourOracleEngine):
         if self.error is not None:
             raise self.error
 
-    def predict(self, image, expressions, *, pipeline, config=None, top_k=None):
-        answer = super().predict(image, expressions, pipeline=pipeline, config=config, top_k=top_k)
+    def predict(self, image, expressions, *, pipeline, config=None, top_k=None, **callbacks):
+        answer = super().predict(
+            image, expressions, pipeline=pipeline, config=config, top_k=top_k, **callbacks
+        )
         self._work()
         return answer
 

@@ -32,6 +32,7 @@ def _lifecycle() -> Lifecycle:
         words=lambda shard, words: f"shard {shard.index} of run {shard.run_id}: {words}",
         expected=(OSError,),  # the data root is not reachable from this worker
         interrupted="stopped",  # requeued (--resume) or taken over: the next message goes on from here
+        background=lambda shard: True,  # the background lane: yields to interactive work
     )
 
 

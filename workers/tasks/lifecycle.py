@@ -12,7 +12,10 @@ share):
    The body also runs inside ``workers.engine.core.meter.cancellation``: the engine's ``checkpoint`` between
    batches asks (at most once per ``CANCEL_POLL_SECONDS``) whether the row is still this attempt's, by the
    kind's heartbeat service, so Cancel stops a running engine within seconds (``CancelledError``) and the
-   worker is free for the next job; the task returns ``"cancelled"`` and writes nothing;
+   worker is free for the next job; the task returns ``"cancelled"`` and writes nothing. Background work
+   (``Lifecycle.background``: a background-lane job, a benchmark shard) also runs inside
+   ``workers.tasks.yielding.background_yielding``: the same checkpoints pause while interactive work runs
+   (``Work.yielded`` tells the body how long it paused);
 3. the body writes its result through its kind's service (which checks the attempt again). An error
    fails the row with the error in words (``error_in_words``). An expected error (the engine's, bad input,
    a time limit) is logged in one line; an unexpected one with its traceback, once.
@@ -28,6 +31,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -38,7 +42,9 @@ from django.db import InterfaceError, OperationalError, connections
 
 from workers.engine.core.errors import CancelledError
 from workers.engine.core.meter import cancellation
+from workers.engine.core.yielding import YieldStats
 from workers.tasks import engine_access
+from workers.tasks.yielding import background_yielding
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +150,14 @@ class Heartbeat:
 
 @dataclass
 class Work:
-    """What a body is given: the claimed ``row`` (its ``attempts`` is this attempt), the heartbeat, and
-    ``notes`` it fills as it goes (a job's timings), which are stored with a failure too."""
+    """What a body is given: the claimed ``row`` (its ``attempts`` is this attempt), the heartbeat,
+    ``notes`` it fills as it goes (a job's timings), which are stored with a failure too, and for
+    background work ``yielded``: the live pauses of its yielding block (None for interactive work)."""
 
     row: Any
     heartbeat: Heartbeat
     notes: dict[str, Any] = field(default_factory=dict)
+    yielded: YieldStats | None = None
 
     @property
     def attempt(self) -> int:
@@ -176,6 +184,8 @@ class Lifecycle:
         interrupted: the outcome when the engine stops at a checkpoint because the row is no longer this
             attempt's: ``"cancelled"`` (a job's Cancel), ``"stopped"`` for a shard (requeued: its next message
             goes on from the images already stored).
+        background: ``(row) -> bool``: True for background work, which yields to interactive work at the
+            engine's checkpoints (``workers.tasks.yielding``).
     """
 
     label: str
@@ -186,6 +196,7 @@ class Lifecycle:
     words: Callable[[Any, str], str] = lambda row, words: words
     expected: tuple[type[BaseException], ...] = ()
     interrupted: str = "cancelled"
+    background: Callable[[Any], bool] = lambda row: False
 
 
 def run_work(task: Any, kind: Lifecycle, pk: int, body: Callable[[Work], str]) -> str:
@@ -219,8 +230,10 @@ def run_work(task: Any, kind: Lifecycle, pk: int, body: Callable[[Work], str]) -
                 logger.warning("Cancellation check of %s could not reach the database (%s)", what, error)
                 return False
 
+        yields = background_yielding(what) if kind.background(row) else nullcontext()
         try:
-            with heartbeat, cancellation(cancelled, min_interval_s=CANCEL_POLL_SECONDS):
+            with heartbeat, cancellation(cancelled, min_interval_s=CANCEL_POLL_SECONDS), yields as stats:
+                work.yielded = stats
                 return body(work)
         except CancelledError:
             logger.info(

@@ -3,12 +3,17 @@
 The engine's meter tells its listeners each stage as it starts and each ``progress`` report inside one
 (``workers.engine.core.meter``); ``JobProgress`` turns those into the job's public stages and writes them
 (with a progress figure and an estimate of the seconds left) through ``job_progress``, at most once per
-``min_interval_s`` except at stage changes. Public stages, in order: ``loading`` (the image), ``proposals``
-(``done`` of ``total`` points), ``features``, ``scoring``, ``writing``.
+``min_interval_s`` except at stage changes. Public stages, in order: ``loading`` (the image), ``waiting``
+(for another worker's preparation of the same image: ``done`` of ``total`` of its points,
+``workers.engine.core.inflight``), ``proposals`` (``done`` of ``total`` points), ``features``, ``scoring``,
+``writing``. A job with early candidates goes through them twice: the coarse run, then (after
+``restart``) the full run.
 
 The estimate: in ``proposals``, the stage's seconds so far scaled to the points left, plus the seconds the
-later stages took in this pipeline's recent jobs (``history_s``, 0 when there are none); in a later
-stage, the recent jobs' seconds of the stages not yet reached. A cancelled job makes ``job_progress``
+later stages took in this pipeline's recent jobs (``history_s``, 0 when there are none); in ``waiting``,
+the other worker's pace as seen since the wait began, scaled to its points left, plus the later stages
+but ``proposals`` (which the wait replaces); in a later stage, the recent jobs' seconds of the stages not
+yet reached. A cancelled job makes ``job_progress``
 answer False, and the listener raises ``JobStopped`` to stop the engine at once.
 """
 
@@ -20,6 +25,7 @@ from typing import Any
 
 # Engine stage names (meter.stage) -> the job's public stage.
 STAGE_OF: dict[str, str] = {
+    "waiting": "waiting",
     "proposals": "proposals",
     "scoring": "scoring",
     "clip_visual": "features",
@@ -32,10 +38,17 @@ STAGE_OF: dict[str, str] = {
     "clip_soft": "features",
     "clip_hard": "features",
 }
-ORDER = ("loading", "proposals", "features", "scoring", "writing")
+ORDER = ("loading", "waiting", "proposals", "features", "scoring", "writing")
 MIN_INTERVAL_S = 1.0  # between two writes within one stage (a stage change is always written)
 # Where each public stage starts on the 0-1 progress bar (proposals spans 0.1-0.7 by points done).
-START = {"loading": 0.02, "proposals": 0.1, "features": 0.7, "scoring": 0.85, "writing": 0.95}
+START = {
+    "loading": 0.02,
+    "waiting": 0.05,
+    "proposals": 0.1,
+    "features": 0.7,
+    "scoring": 0.85,
+    "writing": 0.95,
+}
 
 
 class JobStopped(Exception):
@@ -64,6 +77,12 @@ class JobProgress:
         self._stage = ""
         self._stage_started = clock()
         self._last_write = float("-inf")
+        self._wait_first: tuple[float, int] | None = None  # (time, points done) when the wait began
+
+    def restart(self) -> None:
+        """Let the stages start over (the full run after the early candidates' coarse run)."""
+        self._stage = ""
+        self._wait_first = None
 
     def enter(self, stage: str) -> None:
         """Enter public stage ``stage`` (``loading`` / ``writing``, which the engine does not announce)."""
@@ -88,7 +107,7 @@ class JobProgress:
         progress = START[stage]
         if done is not None and total:
             payload.update(done=done, total=total, unit=unit)
-            if stage == "proposals":
+            if stage in ("proposals", "waiting"):
                 progress = START["proposals"] + (START["features"] - START["proposals"]) * done / total
         estimate = self._estimate(stage, done, total, now)
         if estimate is not None:
@@ -98,6 +117,14 @@ class JobProgress:
 
     def _estimate(self, stage: str, done: int | None, total: int | None, now: float) -> float | None:
         later = sum(self._history.get(s, 0.0) for s in ORDER[ORDER.index(stage) + 1 :])
+        if stage == "waiting" and done is not None and total:
+            if self._wait_first is None:
+                self._wait_first = (now, done)
+            first_time, first_done = self._wait_first
+            if done <= first_done:
+                return None
+            pace = (now - first_time) / (done - first_done)  # seconds per point of the other worker
+            return pace * (total - done) + later - self._history.get("proposals", 0.0)
         if stage == "proposals" and done and total:
             spent = now - self._stage_started
             return spent * (total - done) / done + later

@@ -5,22 +5,29 @@ The job runs through the shared lifecycle (``workers.tasks.lifecycle``): claimed
 a heartbeat while it runs (a cancelled job is noticed and its result not written), the error in words on
 the job, database-unavailable retries with backoff. The body loads the image, asks the engine for the
 expression's ranked candidates, and ``job_succeed`` writes them with the config that actually ran.
+
+Early candidates: on an image without proposals yet the engine first ranks a coarse point grid and hands
+that ranking to ``on_partial``; ``job_partial_candidates`` stores it at once (the page shows it, the
+annotator may accept from it), and the final candidates replace it when the full run ends. A cancel
+noticed there stops the engine like one noticed at a progress report.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from workers.celery_app import app
+from workers.lanes import BACKGROUND
 from workers.tasks import engine_access
 from workers.tasks.lifecycle import DB_RETRY_MAX, Lifecycle, Work, run_work
 from workers.tasks.progress import JobProgress, JobStopped, stage_seconds
+from workers.tasks.yielding import background_yielding
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ def _lifecycle() -> Lifecycle:
             job_id=work.row.pk, error=words, timings=work.notes, attempt=work.attempt
         ),
         stale_seconds=job_stale_seconds,
+        background=lambda job: job.lane == BACKGROUND,
     )
 
 
@@ -59,6 +67,32 @@ def _reporter(job_id: int, attempt: int) -> JobProgress:
         for stage in {name for h in history for name in h}
     }
     return JobProgress(report, history_s=typical)
+
+
+def _early_writer(
+    job_id: int, attempt: int, progress: JobProgress, timings: dict[str, Any]
+) -> Callable[[Any], None]:
+    """``on_partial`` for the engine: store the early candidates (a ``Prediction`` with ``partial=True``)
+    and note in ``timings["early_s"]`` the seconds from this call to them; raise ``JobStopped`` if the
+    job ended meanwhile."""
+    from server.ris.services import job_partial_candidates
+
+    started = time.perf_counter()
+
+    def write(prediction: Any) -> None:
+        ranked = prediction.candidates
+        early = [candidate.to_json() for candidate in (ranked[0] if ranked else [])]
+        try:
+            still_running = job_partial_candidates(job_id=job_id, candidates=early, attempt=attempt)
+        except (OperationalError, InterfaceError):
+            logger.warning("Job %s: could not store its early candidates; going on", job_id, exc_info=True)
+            still_running = True
+        if not still_running:
+            raise JobStopped("the job left the running state when its early candidates came")
+        timings["early_s"] = time.perf_counter() - started
+        progress.restart()  # the full run reports its stages afresh
+
+    return write
 
 
 def _segment(work: Work) -> str:
@@ -85,8 +119,11 @@ def _segment(work: Work) -> str:
                 pipeline=job.pipeline,
                 config=job.config,
                 top_k=settings.RIS_CANDIDATES_KEPT,
+                on_partial=_early_writer(job.pk, work.attempt, progress, timings),
             )
         timings["predict_s"] = time.perf_counter() - started
+        if work.yielded is not None:  # background: predict_s includes the pauses for interactive work
+            timings["yield_paused_s"] = round(work.yielded.paused_s, 3)
         progress.enter("writing")
     except JobStopped:
         logger.info("Job %s is no longer running (cancelled?); the engine was stopped", job.pk)
@@ -123,7 +160,8 @@ def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
     """Warm-up in the background lane: one image's image-level engine work into the cache ahead of time.
 
     Not a work row: nothing waits on it, so it has no claim and no retry; a failure costs only time
-    (the image's first job does the work itself) and is logged.
+    (the image's first job does the work itself) and is logged. It yields to interactive work between
+    its units (``workers.tasks.yielding``).
     """
     from server.ris.models import Image
     from server.ris.services import image_load_rgb
@@ -133,10 +171,11 @@ def prepare_image(self: Any, image_id: int, pipeline: str | None = None) -> str:
         return "missing"
     try:
         engine = engine_access.engine_get()
-        engine.prepare(
-            engine_access.image_input(image_load_rgb(image), image.sha256),
-            pipeline=pipeline or settings.RIS_DEFAULT_PIPELINE,
-        )
+        with background_yielding(f"Preparing image {image_id}"):
+            engine.prepare(
+                engine_access.image_input(image_load_rgb(image), image.sha256),
+                pipeline=pipeline or settings.RIS_DEFAULT_PIPELINE,
+            )
     except (OperationalError, InterfaceError):
         raise
     except Exception:  # a warm-up that fails costs only time: the job does the work itself

@@ -29,6 +29,9 @@ function expressionRow(expr) {
   if (review) meta.append(h("span", { class: `badge badge-review-${review.decision}` }, REVIEW_LABELS[review.decision] || review.decision));
   if (job && job.state === "succeeded") {
     meta.append(h("a", { class: "btn btn-small", href: `/projects/${projectId}/review/?expression=${expr.id}` }, review ? "Review again" : "Review"));
+  } else if (job && job.state === "running" && job.partial) {
+    // Early candidates (a coarse grid) are there: they may be reviewed now; the final ones replace them in place.
+    meta.append(h("a", { class: "btn btn-small", href: `/projects/${projectId}/review/?expression=${expr.id}` }, "Review early candidates"));
   }
   row.append(meta);
   return row;

@@ -3,7 +3,7 @@
 // estimate while running. Reads the job JSON of GET /api/jobs/{id}/ (stage, lane, elapsed_s, estimate_s).
 
 const STAGE_WORDS = {
-  waiting_preparation: "waiting for image preparation",
+  waiting: "waiting for image preparation",
   loading: "loading the image",
   proposals: "finding masks",
   features: "computing features",

@@ -1,6 +1,6 @@
 // Live job status without reloading: polls GET /api/jobs/{id}/ while the job is queued or
 // running and renders state, queue position, progress and the error in words, with retry and
-// cancel buttons.
+// cancel buttons. onChange hears a new state and the arrival of early candidates (job.partial).
 import { api, h } from "./api.js";
 import { progressLine } from "./job-progress.js";
 
@@ -56,7 +56,8 @@ export class JobStatus {
   async poll() {
     try {
       const job = await api(`/api/jobs/${this.job.id}/`);
-      const changed = job.state !== this.job.state;
+      // A new state, or early candidates that just came (job.partial), is news for the page.
+      const changed = job.state !== this.job.state || !!job.partial !== !!this.job.partial;
       this.job = job;
       this.render();
       if (changed) this.onChange(job);

@@ -183,11 +183,17 @@ async function showItem(index) {
     candList.replaceChildren(h("li", { class: "muted" }, "This expression has no job."));
     draw();
   } else if (item.job.state !== "succeeded") {
-    candList.replaceChildren(h("li", { class: "muted" }, "Waiting for the model…"));
+    const words = ACTIVE.has(item.job.state) ? "Waiting for the model…" : `No candidates: the job ${item.job.state === "cancelled" ? "was cancelled" : "failed"}. Retry it above, or paint the mask (B).`;
+    candList.replaceChildren(h("li", { class: "muted" }, words));
     state.jobStatus = new JobStatus(item.job, {
       onChange: (job) => {
         item.job = job;
-        if (token === state.loadToken && !ACTIVE.has(job.state)) showItem(state.index);
+        if (token !== state.loadToken) return;
+        // Early candidates, then the final ones: in place, keeping the choice and any correction under way.
+        if (job.partial || job.state === "succeeded") {
+          item.ready = job.state === "succeeded" && !item.review;
+          refreshCandidates(item, token);
+        } else if (!ACTIVE.has(job.state)) showItem(state.index);
       },
     });
     jobBox.append(state.jobStatus.el);
@@ -219,6 +225,64 @@ async function showItem(index) {
   restoreWip(item);
   draw();
   prefetch(index + 1);
+}
+
+/** Index of the mask in `masks` that overlaps `mask` best (IoU at least 0.5), or -1. */
+function bestMatch(mask, masks) {
+  let best = -1;
+  let bestIou = 0.5;
+  masks.forEach((other, i) => {
+    let both = 0;
+    let either = 0;
+    for (let p = 0; p < mask.length; p += 1) {
+      if (mask[p] && other[p]) both += 1;
+      if (mask[p] || other[p]) either += 1;
+    }
+    const iou = either ? both / either : 0;
+    if (iou >= bestIou) {
+      best = i;
+      bestIou = iou;
+    }
+  });
+  return best;
+}
+
+/**
+ * Show the job's candidates so far without leaving the item: the early ones while it runs (with a note
+ * that better ones are coming), then the final ones in their place. The chosen candidate stays chosen
+ * (the same row, or the new candidate most like it); a correction, points and box are left as they are.
+ */
+async function refreshCandidates(item, token) {
+  let candidates;
+  try {
+    candidates = await api(`/api/jobs/${item.job.id}/candidates/`);
+  } catch (err) {
+    if (token === state.loadToken) el("refine-status").textContent = `Could not load the candidates: ${err.message}`;
+    return;
+  }
+  if (token !== state.loadToken) return;
+  if (!candidates.length) {
+    if (item.job.state === "succeeded") showItem(state.index); // no proposal at all: say so, as on a fresh load
+    return;
+  }
+  if (item.job.state === "succeeded") candidateCache.set(item.job.id, Promise.resolve(candidates));
+  const wasId = state.chosen >= 0 ? state.candidates[state.chosen].id : null;
+  const wasMask = state.chosen >= 0 ? state.masks[state.chosen] : null;
+  state.candidates = candidates;
+  state.masks = candidates.map((c) => decodeRle(c.rle).data);
+  let chosen = candidates.findIndex((c) => c.id === wasId);
+  if (chosen < 0 && wasMask) chosen = bestMatch(wasMask, state.masks);
+  state.chosen = chosen >= 0 ? chosen : 0;
+  state.hover = -1;
+  const review = item.review;
+  if (review && review.decision === "accepted" && review.candidate) {
+    const i = candidates.findIndex((c) => c.id === review.candidate);
+    if (i >= 0) state.saved = state.masks[i];
+  }
+  computeFills();
+  renderCandidates();
+  updateButtons();
+  draw();
 }
 
 function prefetch(index) {
@@ -335,7 +399,9 @@ function renderCandidates() {
   }
   const { width, height } = state.item;
   const imageReady = stageImage.complete && stageImage.naturalWidth > 0;
+  const early = state.item.job && state.item.job.state === "running" && state.candidates.some((c) => c.partial);
   candList.replaceChildren(
+    ...(early ? [h("li", { class: "early-note small", role: "status" }, "Early candidates — better ones coming")] : []),
     ...state.candidates.map((c, i) => {
       const key = i < 9 ? String(i + 1) : i === 9 ? "0" : "";
       const shown = !state.showSaved && i === state.chosen;
@@ -367,6 +433,7 @@ function renderCandidates() {
               key ? h("kbd", {}, key) : null,
               h("span", { class: "cand-score" }, `${i === 0 ? "top · " : ""}score ${Number(c.score).toFixed(3)}`),
               h("span", { class: "muted small" }, `${c.area.toLocaleString()} px`),
+              c.partial && !early ? h("span", { class: "badge badge-early small", title: "An early candidate you chose before the final ones came" }, "early") : null,
             ),
             h("span", { class: "cand-words small" }, words.length ? words.join(" · ") : "no score parts"),
           ),
@@ -434,10 +501,17 @@ function draw(box = null) {
   updateButtons();
 }
 
+/** Whether the item's candidates may be accepted: the job succeeded, or it runs and shows early ones. */
+function candidatesUsable() {
+  const job = state.item && state.item.job;
+  if (!job) return false;
+  return job.state === "succeeded" || (job.state === "running" && state.candidates.length > 0);
+}
+
 function updateButtons() {
   const item = state.item;
   const editing = !!(state.editor && state.editor.edits > 0);
-  const succeeded = !!(item && item.job && item.job.state === "succeeded");
+  const succeeded = candidatesUsable();
   el("undo").disabled = !(state.editor && state.editor.canUndo());
   el("redo").disabled = !(state.editor && state.editor.canRedo());
   el("save").disabled = !editing;
@@ -855,7 +929,7 @@ async function undoDecision() {
 }
 
 function accept() {
-  if (!state.item || !state.item.job || state.item.job.state !== "succeeded") return;
+  if (!candidatesUsable()) return;
   if (state.editor && state.editor.edits > 0) return saveCorrection();
   if (state.chosen < 0) {
     toast("There is no candidate to accept: paint the mask (B) and save (S), or reject (R).", "info");

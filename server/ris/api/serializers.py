@@ -143,10 +143,15 @@ class JobOut(serializers.Serializer):
         help_text="interactive (typed on one image) or background (bulk rows, retries)."
     )
     stage = serializers.JSONField(
-        help_text='What the worker is doing: {"name", "done", "total", "unit", "estimate_s"}; {} while queued.'
+        help_text='What the worker is doing: {"name", "done", "total", "unit", "estimate_s"}; {} while queued. '
+        "name: loading, waiting (for another worker's preparation of the image), proposals, features, "
+        "scoring, writing."
     )
     elapsed_s = serializers.FloatField(help_text="Seconds waited (queued) or run (running, over).")
     estimate_s = serializers.FloatField(allow_null=True, help_text="Seconds left, estimated; null: unknown.")
+    partial = serializers.BooleanField(
+        help_text="True while the job runs and has early candidates (a coarse grid); better ones replace them."
+    )
     enqueued_at = serializers.DateTimeField()
     error = serializers.CharField(allow_blank=True)
     timings = serializers.JSONField()
@@ -159,6 +164,23 @@ class JobOut(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
+JOBS_RETRY_MAX = 500
+
+
+class JobsRetryInput(serializers.Serializer):
+    jobs = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        min_length=1,
+        max_length=JOBS_RETRY_MAX,
+        help_text="Ids of failed or cancelled jobs; all are queued again in the background lane, or none.",
+    )
+
+    def validate_jobs(self, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("Each job may be named once.")
+        return value
+
+
 class CandidateOut(serializers.Serializer):
     id = serializers.IntegerField()
     rank = serializers.IntegerField()
@@ -167,6 +189,9 @@ class CandidateOut(serializers.Serializer):
     area = serializers.IntegerField()
     score = serializers.FloatField()
     components = serializers.DictField(child=serializers.FloatField())
+    partial = serializers.BooleanField(
+        help_text="An early candidate (coarse grid, while the job ran); false for the final ones."
+    )
 
 
 class ReviewCreateInput(serializers.Serializer):

@@ -10,6 +10,7 @@ from server.ris.api.views.jobs import (
     JobCandidatesApi,
     JobDetailApi,
     JobRetryApi,
+    JobsRetryApi,
 )
 from server.ris.api.views.projects import (
     ProjectDetailApi,
@@ -30,6 +31,7 @@ urlpatterns = [
     path("images/<int:image_id>/", ImageDetailApi.as_view(), name="image-detail"),
     path("images/<int:image_id>/file/", ImageFileApi.as_view(), name="image-file"),
     path("images/<int:image_id>/expressions/", ImageExpressionsApi.as_view(), name="image-expressions"),
+    path("jobs/retry/", JobsRetryApi.as_view(), name="jobs-retry"),
     path("jobs/<int:job_id>/", JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<int:job_id>/cancel/", JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<int:job_id>/retry/", JobRetryApi.as_view(), name="job-retry"),

@@ -16,10 +16,12 @@ from server.ris.services.jobs import (
     job_dispatch,
     job_fail,
     job_heartbeat,
+    job_partial_candidates,
     job_progress,
     job_retry,
     job_succeed,
     jobs_reconcile,
+    jobs_retry,
 )
 from server.ris.services.projects import project_create, project_member_add
 from server.ris.services.reviews import review_create
@@ -36,10 +38,12 @@ __all__ = [
     "job_dispatch",
     "job_fail",
     "job_heartbeat",
+    "job_partial_candidates",
     "job_progress",
     "job_retry",
     "job_succeed",
     "jobs_reconcile",
+    "jobs_retry",
     "project_create",
     "project_member_add",
     "review_create",

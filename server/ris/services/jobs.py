@@ -6,12 +6,19 @@ never. The claim, heartbeat, fail and reconciler rules are those of every kind o
 it, or when its heartbeat is older than ``RIS_JOB_STALE_SECONDS``; a job whose worker was lost is sent
 again, and failed in words after ``RIS_JOB_MAX_ATTEMPTS`` attempts. What is a job's own:
 
-- ``job_succeed`` writes all candidates in one transaction, replacing any earlier ones, and only while
-  the job is still running (under the worker's attempt, when given): a cancelled job stays cancelled, a
-  finished one is not written twice.
+- ``job_partial_candidates`` stores early candidates (``Candidate.partial``, ranked over a coarse point
+  grid) while the job runs, under the same attempt check as ``job_progress``, so the page can show them
+  at once; they may be accepted like final ones.
+- ``job_succeed`` writes all candidates in one transaction, replacing any earlier ones (the early ones
+  too, except those a review chose: the verdict keeps its mask), and only while the job is still running
+  (under the worker's attempt, when given): a cancelled job stays cancelled, a finished one is not
+  written twice.
 - ``job_progress`` is the job's heartbeat with a progress figure; it answers False once the job was
   cancelled, which is how a worker notices a cancel while the engine works.
-- ``job_cancel`` and ``job_retry`` are the user's buttons.
+- ``job_cancel`` and ``job_retry`` are the user's buttons; ``jobs_retry`` retries many at once. Which lane
+  a retry joins: a person's Retry of a recent job keeps its lane (a typed expression stays interactive);
+  a Retry of a job older than ``RIS_RETRY_BACKGROUND_AFTER_S``, and every bulk retry, goes to the
+  background lane; the reconciler's re-sends keep the lane the row has.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from server.ris.errors import Conflict, InvalidInput
@@ -114,6 +122,30 @@ def job_progress(
     return work_heartbeat(JOB_WORK, pk=job_id, attempt=attempt, **values)
 
 
+def job_partial_candidates(
+    *, job_id: int, candidates: Sequence[Mapping[str, Any]], attempt: int | None = None
+) -> bool:
+    """Store early candidates of a running job (``partial=True``), replacing earlier early ones.
+
+    ``candidates``: as for :func:`job_succeed`. Early candidates a review already chose are kept, and
+    then no new early candidates are written (the annotator has picked; the final ones are on the way).
+    Returns False, writing nothing, when the job is no longer running (under ``attempt`` when given):
+    the worker stops, as on a False from ``job_progress``. Raises ``InvalidInput`` for a malformed
+    candidate.
+    """
+    rows = _candidate_rows(job_id, candidates, partial=True)
+    with transaction.atomic():
+        job = SegmentationJob.objects.select_for_update().get(pk=job_id)
+        if job.state != JobState.RUNNING or (attempt is not None and job.attempts != attempt):
+            return False
+        early = Candidate.objects.filter(job_id=job_id, partial=True)
+        if early.filter(reviews__isnull=False).exists():
+            return True
+        early.delete()
+        Candidate.objects.bulk_create(rows)
+    return True
+
+
 def job_succeed(
     *,
     job_id: int,
@@ -130,10 +162,7 @@ def job_succeed(
     by another delivery of its message), or, with ``attempt``, running under another attempt (taken over).
     Raises ``InvalidInput`` for a malformed candidate.
     """
-    rows = [_candidate_row(job_id, item, index) for index, item in enumerate(candidates)]
-    ranks = [row.rank for row in rows]
-    if len(set(ranks)) != len(ranks):
-        raise InvalidInput(f"The engine returned candidates with repeated ranks: {sorted(ranks)}.")
+    rows = _candidate_rows(job_id, candidates)
     with transaction.atomic():
         job = SegmentationJob.objects.select_for_update().get(pk=job_id)
         if job.state != JobState.RUNNING or (attempt is not None and job.attempts != attempt):
@@ -145,7 +174,10 @@ def job_succeed(
                 attempt,
             )
             return False
-        Candidate.objects.filter(job_id=job_id).delete()
+        chosen_early = Q(partial=True, reviews__isnull=False)
+        Candidate.objects.filter(job_id=job_id).exclude(
+            pk__in=Candidate.objects.filter(chosen_early)
+        ).delete()
         Candidate.objects.bulk_create(rows)
         job.state = JobState.SUCCEEDED
         job.progress = 1.0
@@ -184,18 +216,34 @@ def job_cancel(*, job: SegmentationJob) -> SegmentationJob:
     return job
 
 
+def job_retry_lane(*, job: SegmentationJob, now: datetime | None = None) -> str:
+    """The lane a person's single Retry of ``job`` joins.
+
+    A recent job keeps its lane (a Retry of an expression just typed stays interactive); a job created
+    more than ``RIS_RETRY_BACKGROUND_AFTER_S`` ago is a retry of old work and goes to the background lane,
+    as bulk retries do (``jobs_retry``). The reconciler's re-sends never come here: they keep the lane
+    the row has.
+    """
+    now = now or timezone.now()
+    age_s = (now - job.created_at).total_seconds()
+    if job.lane == JobLane.INTERACTIVE and age_s > float(settings.RIS_RETRY_BACKGROUND_AFTER_S):
+        return JobLane.BACKGROUND
+    return str(job.lane)
+
+
 def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJob:
     """Queue a failed or cancelled job again and send it to a worker on commit.
 
     It joins the back of its lane (``enqueued_at`` is now, so the queue position counts the jobs queued
-    before the Retry), in ``lane`` when given (e.g. ``background`` for retries of old jobs in bulk).
-    Raises ``Conflict`` unless the job is failed or cancelled, ``InvalidInput`` for an unknown lane.
+    before the Retry), without the early candidates of its last attempt (unless a review chose one):
+    ``lane`` when given, else ``job_retry_lane`` (a recent job keeps its lane, an old one goes to the
+    background). Raises ``Conflict`` unless the job is failed or cancelled, ``InvalidInput`` for an
+    unknown lane.
     """
-    values: dict[str, Any] = {}
-    if lane is not None:
-        if lane not in JobLane.values:
-            raise InvalidInput(f"Unknown lane {lane!r}; the lanes are {', '.join(JobLane.values)}.")
-        values["lane"] = lane
+    if lane is None:
+        lane = job_retry_lane(job=job)
+    if lane not in JobLane.values:
+        raise InvalidInput(f"Unknown lane {lane!r}; the lanes are {', '.join(JobLane.values)}.")
     with transaction.atomic():
         updated = SegmentationJob.objects.filter(
             pk=job.pk, state__in=[JobState.FAILED, JobState.CANCELLED]
@@ -203,7 +251,7 @@ def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJ
             state=JobState.QUEUED,
             enqueued_at=timezone.now(),
             stage={},
-            **values,
+            lane=lane,
             progress=0.0,
             error="",
             started_at=None,
@@ -215,8 +263,21 @@ def job_retry(*, job: SegmentationJob, lane: str | None = None) -> SegmentationJ
         job.refresh_from_db()
         if updated == 0:
             raise Conflict(f"Job {job.pk} is {job.state}; only failed or cancelled jobs can be retried.")
+        # The last attempt's early candidates go (the new attempt makes its own), except one a review chose.
+        Candidate.objects.filter(job_id=job.pk, partial=True, reviews__isnull=True).delete()
         job_enqueue_on_commit(job_id=job.pk)
     return job
+
+
+def jobs_retry(*, jobs: Sequence[SegmentationJob]) -> list[SegmentationJob]:
+    """Retry several failed or cancelled jobs at once, all in the background lane (a bulk retry is
+    background work: nobody waits on one of them at the screen), in the order given.
+
+    All or nothing: raises ``Conflict`` naming the first job that is neither failed nor cancelled, and
+    then none is queued again.
+    """
+    with transaction.atomic():
+        return [job_retry(job=job, lane=JobLane.BACKGROUND) for job in jobs]
 
 
 def jobs_reconcile(*, now: datetime | None = None) -> ReconcileReport:
@@ -224,7 +285,17 @@ def jobs_reconcile(*, now: datetime | None = None) -> ReconcileReport:
     return work_reconcile(JOB_WORK, now=now)
 
 
-def _candidate_row(job_id: int, item: Mapping[str, Any], index: int) -> Candidate:
+def _candidate_rows(
+    job_id: int, candidates: Sequence[Mapping[str, Any]], *, partial: bool = False
+) -> list[Candidate]:
+    rows = [_candidate_row(job_id, item, index, partial=partial) for index, item in enumerate(candidates)]
+    ranks = [row.rank for row in rows]
+    if len(set(ranks)) != len(ranks):
+        raise InvalidInput(f"The engine returned candidates with repeated ranks: {sorted(ranks)}.")
+    return rows
+
+
+def _candidate_row(job_id: int, item: Mapping[str, Any], index: int, *, partial: bool = False) -> Candidate:
     try:
         rank = int(item.get("rank", index))
         rle = item["rle"]
@@ -254,4 +325,5 @@ def _candidate_row(job_id: int, item: Mapping[str, Any], index: int) -> Candidat
         area=area,
         score=score,
         components=components,
+        partial=partial,
     )

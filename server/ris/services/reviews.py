@@ -11,7 +11,15 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from server.ris.errors import Conflict, InvalidInput
-from server.ris.models import Activity, ActivityVerb, Candidate, Expression, Review, ReviewDecision
+from server.ris.models import (
+    Activity,
+    ActivityVerb,
+    Candidate,
+    Expression,
+    Review,
+    ReviewDecision,
+    SegmentationJob,
+)
 from server.ris.selectors import job_latest_for_expression
 from server.ris.services.rle import rle_validate
 
@@ -26,7 +34,8 @@ def review_create(
 ) -> Review:
     """Record a verdict on ``expression``.
 
-    - ``accepted``: ``candidate_id`` names a candidate of the expression's latest job; no ``rle``.
+    - ``accepted``: ``candidate_id`` names a candidate of the expression's latest job (an early one too,
+      while the job runs: it is then kept beside the final ones); no ``rle``.
     - ``corrected``: ``rle`` is the corrected mask (COCO RLE of the whole image); ``candidate_id``
       optionally names the candidate it started from.
     - ``rejected``: neither.
@@ -57,6 +66,15 @@ def review_create(
     elif candidate is not None or rle is not None:
         raise InvalidInput("A rejected review takes neither a candidate nor a mask.")
     with transaction.atomic():
+        if candidate is not None and candidate.partial:
+            # An early candidate may be replaced by the final ones at this moment: take the job's lock, as
+            # job_succeed does, so either it keeps the chosen row or this review sees the row gone.
+            SegmentationJob.objects.select_for_update().filter(pk=candidate.job_id).first()
+            if not Candidate.objects.filter(pk=candidate.pk).exists():
+                raise InvalidInput(
+                    f"Candidate {candidate.pk} was an early candidate, replaced by the final ones just now; "
+                    "choose again."
+                )
         review = Review.objects.create(
             expression=expression,
             candidate=candidate,

@@ -185,6 +185,11 @@ class FeatureCache:
     def _path(self, key: CacheKey) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / key.relpath()
 
+    def entry_path(self, key: CacheKey) -> Path | None:
+        """Where ``key``'s value lives on disk (it may not exist yet); ``None`` without a ``cache_dir``.
+        Other processes' work on it is marked beside it (``workers.engine.core.inflight``)."""
+        return self._path(key)
+
     def _read_disk(self, key: CacheKey) -> Any | None:
         path = self._path(key)
         if path is None or not path.is_file():

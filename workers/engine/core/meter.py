@@ -23,6 +23,8 @@ work in ``with cancellation(is_cancelled): ...``; the engine calls :func:`checkp
 ``checkpoint`` raises :class:`~workers.engine.core.errors.CancelledError` once ``is_cancelled()`` answers
 True. ``is_cancelled`` is asked at most every ``min_interval_s`` seconds (it may be a database query).
 Outside a ``cancellation`` block ``checkpoint`` does nothing.
+Yielding rides on it too (``workers.engine.core.yielding``): inside a ``yielding`` block (background work)
+``checkpoint`` pauses while interactive work runs, and stays cancellable while paused.
 Progress for the page: :meth:`Meter.watch` registers a listener, for one thread, that hears each stage
 as it starts (``listener(name, None, None, "")``) and each :meth:`Meter.progress` report inside a stage
 (``listener("proposals", 3, 16, "point batches")``: done, total, unit). A listener's errors propagate:
@@ -39,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from workers.engine.core.errors import CancelledError
+from workers.engine.core.yielding import pause_if_asked
 
 Listener = Callable[[str, "int | None", "int | None", str], None]
 
@@ -201,10 +204,18 @@ def cancellation(is_cancelled: Callable[[], bool], *, min_interval_s: float = 0.
 
 
 def checkpoint(where: str = "") -> None:
-    """A point between batches where the work may stop: raises ``CancelledError`` once cancelled.
+    """A point between batches where the work may stop or pause.
 
-    Cheap outside a :func:`cancellation` block (one context-variable read) and between two asks.
+    Raises ``CancelledError`` once cancelled (inside a :func:`cancellation` block); inside a
+    :func:`~workers.engine.core.yielding.yielding` block (background work) it pauses while interactive work
+    runs, and stays cancellable while paused. Cheap outside both blocks (two context-variable reads) and
+    between two asks.
     """
+    _raise_if_cancelled(where)
+    pause_if_asked(where, while_paused=lambda: _raise_if_cancelled(where))
+
+
+def _raise_if_cancelled(where: str) -> None:
     state = _CANCELLATION.get()
     if state is None:
         return

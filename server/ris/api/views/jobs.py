@@ -1,4 +1,4 @@
-"""Jobs (status, cancel, retry), their candidates, and reviews of expressions."""
+"""Jobs (status, cancel, retry, bulk retry), their candidates, and reviews of expressions."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from server.ris.api.serializers import (
     CandidateOut,
     ErrorOut,
     JobOut,
+    JobsRetryInput,
     ReviewCreateInput,
     ReviewOut,
 )
@@ -22,8 +23,10 @@ from server.ris.selectors import User
 
 
 def with_queue_position(job: SegmentationJob | None, user: User) -> SegmentationJob | None:
-    """Set ``job.queue_position`` (as ``user`` may count it), ``elapsed_s`` and ``estimate_s`` for ``JobOut``."""
+    """Set ``job.queue_position`` (as ``user`` may count it), ``elapsed_s``, ``estimate_s`` and ``partial``
+    for ``JobOut``."""
     if job is not None:
+        job.partial = selectors.job_has_partial_candidates(job=job)
         job.queue_position = selectors.job_queue_position(job=job, user=user)
         timing = selectors.job_timing(job=job)
         job.elapsed_s = timing["elapsed_s"]
@@ -55,8 +58,28 @@ class JobRetryApi(APIView):
         return Response(JobOut(with_queue_position(job, request.user)).data)
 
 
+class JobsRetryApi(APIView):
+    """Retry many jobs at once (bulk): all go to the background lane; a single Retry is ``JobRetryApi``."""
+
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "job_create"
+
+    @extend_schema(
+        operation_id="jobs_retry_bulk",
+        request=JobsRetryInput,
+        responses={200: JobOut(many=True), 400: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
+    )
+    def post(self, request: Request) -> Response:
+        data = JobsRetryInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        jobs = [selectors.job_get(user=request.user, job_id=pk) for pk in data.validated_data["jobs"]]
+        retried = services.jobs_retry(jobs=jobs)
+        return Response(JobOut([with_queue_position(job, request.user) for job in retried], many=True).data)
+
+
 class JobCandidatesApi(APIView):
-    """Ranked candidate masks of a job (empty until it succeeds)."""
+    """Ranked candidate masks of a job: early ones (``partial``) while it runs, the final ones once it
+    succeeded (then any early one a review chose), none before."""
 
     @extend_schema(responses={200: CandidateOut(many=True), 404: ErrorOut})
     def get(self, request: Request, job_id: int) -> Response:

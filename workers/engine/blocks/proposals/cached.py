@@ -6,6 +6,11 @@ settings). The generator's whole-image SAM embedding goes into the same cache un
 prompt decoder; an embedding already cached (a click came first) is used instead of running the encoder.
 Post-filters (:func:`filter_proposals`) are cheap and run per call, so pipelines with different filters share
 one generator run.
+
+A generator run is marked in progress beside its disk cache entry (``workers.engine.core.inflight``): a
+process that needs the same proposals while another (e.g. the background ``prepare_image``) generates them
+waits for that run, reporting stage ``waiting`` with the other's points done, instead of starting the same
+work, as long as the other run is live and near its end; otherwise it generates them itself.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from workers.engine.blocks.proposals.fast_amg import FastMaskGenerator
 from workers.engine.blocks.proposals.filters import drop_overlapping, drop_small, keep_largest
 from workers.engine.blocks.proposals.refine import ImageEmbedding
 from workers.engine.core.cache import ImageContext, cache_params
+from workers.engine.core.inflight import Marker, marking, wait_for_peer
 
 #: Cache kind of a SAM model's whole-image embedding (``ImageEmbedding.to_state()``).
 EMBEDDING_KIND = "sam_embedding"
@@ -41,14 +47,25 @@ def proposals_cached(ctx: ImageContext, hub: Any, source: str, amg: AmgConfig) -
 def cached_proposals(ctx: ImageContext, hub: Any, source: str, amg: AmgConfig) -> Proposals:
     """Automatic masks of ``ctx``'s image by SAM model ``source`` under ``amg``, generated once per image.
 
-    Progress goes to ``ctx.report("proposals", points_done, points_total)`` between decoder batches.
+    Progress goes to ``ctx.report("proposals", points_done, points_total)`` and the meter's listeners
+    (``meter.progress("proposals", done, total, "points")``) between decoder batches; while waiting for
+    another process's run of the same proposals, ``("waiting", its points done, its points total)``.
 
     Raises:
         ModelStoreError: ``source`` is not in the model store (the message names the command that gets it).
-        Whatever ``ctx.progress`` raises (cancellation); nothing is cached then.
+        Whatever ``ctx.progress`` or a meter listener raises (cancellation); nothing is cached then.
     """
 
-    def compute() -> dict[str, Any]:
+    def report(stage: str, done: int, total: int) -> None:
+        ctx.report(stage, done, total)
+        ctx.meter.progress(stage, done, total, "points")
+
+    def compute(marker: Marker | None) -> dict[str, Any]:
+        def on_points(done: int, total: int) -> None:
+            report("proposals", done, total)
+            if marker is not None:
+                marker.beat(done, total)
+
         sam = hub.get(source)
         embedding_key = ctx.key(EMBEDDING_KIND, embedding_params(hub, source))
         state = ctx.cache.get(embedding_key)
@@ -58,7 +75,7 @@ def cached_proposals(ctx: ImageContext, hub: Any, source: str, amg: AmgConfig) -
             proposals, whole = generator.generate(
                 ctx.rgb,
                 embedding=embedding,
-                on_progress=lambda done, total: ctx.report("proposals", done, total),
+                on_progress=on_points,
             )
         if generator.stats.encoder_calls:
             ctx.meter.count(f"{source}:encoder", generator.stats.encoder_calls)
@@ -66,7 +83,19 @@ def cached_proposals(ctx: ImageContext, hub: Any, source: str, amg: AmgConfig) -
             ctx.cache.put(embedding_key, whole.to_state())
         return proposals.to_state()
 
-    state = ctx.cached("proposals", proposal_params(hub, source, amg), compute)
+    key = ctx.key("proposals", proposal_params(hub, source, amg))
+    state = ctx.cache.get(key)
+    if state is None:
+        entry = ctx.cache.entry_path(key)
+        state = wait_for_peer(
+            entry,
+            lambda: ctx.cache.get(key) if ctx.cache.contains(key) else None,
+            on_wait=lambda done, total: report("waiting", done, total),
+        )
+        if state is None:
+            with marking(entry) as marker:
+                state = compute(marker)
+                ctx.cache.put(key, state)  # before the marker goes: a waiter then finds the value
     return Proposals.from_state(state)
 
 

@@ -1,0 +1,196 @@
+"""Background work yields to interactive work, with real worker processes on the real brokers (the embedded
+one and Redis) and the real database: while an interactive job runs, a background task of many units does
+at most one unit (the one under way when the job started), then resumes once the job is done.
+
+Two ``celery worker`` processes, one per lane, as ``make run`` starts them (solo pool, prefetch 1), run
+``tests.integration.yield_probe``: the background task steps through units of ``UNIT_S`` seconds inside
+the task layer's own yielding hook (an engine checkpoint before each unit, the real selector asking the
+test database); the interactive task claims a real interactive ``SegmentationJob`` with the real claim
+service once some background units are done, and holds it ``HOLD_S`` seconds. Both record wall-clock
+times per unit. Waits are on observable progress (records appearing), with generous ceilings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from server.ris.models import JobState, SegmentationJob
+from server.ris.services import expression_create
+from tests.integration.conftest import purge_broker
+from tests.integration.yield_probe import BACKGROUND, INTERACTIVE, records
+from tests.server.factories import image_make, job_of
+
+pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_CEILING_S = 180
+STALL_CEILING_S = 180  # seconds without any new record before the test gives up
+UNIT_S = 0.5
+POLL_S = 0.1  # RIS_BACKGROUND_YIELD_POLL_S of the background worker: less than a unit, so every unit asks
+HOLD_S = 5.0  # the interactive job: ten units' worth
+UNITS_BEFORE = 3
+
+
+def _test_database_url() -> str:
+    db = connection.settings_dict
+    user = quote(db.get("USER") or "postgres", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or "5432"
+    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def broker_env(request, tmp_path: Path, transactional_db, require_postgres) -> Iterator[dict[str, str]]:
+    broker = "filesystem://"
+    if request.param == "redis":
+        broker = settings.CELERY_BROKER_URL
+        if not broker.startswith("redis://"):
+            pytest.fail(
+                f"this test needs CELERY_BROKER_URL=redis://... (got {broker!r}); run it through `make test`"
+            )
+        purge_broker(broker)
+    yield {
+        **os.environ,
+        "CELERY_BROKER_URL": broker,
+        "RIS_BROKER_DIR": str(tmp_path / "broker"),
+        "DATABASE_URL": _test_database_url(),
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "server.config.settings",
+        "RIS_BACKGROUND_YIELD": "true",
+        "RIS_BACKGROUND_YIELD_POLL_S": str(POLL_S),
+        "RIS_BACKGROUND_YIELD_MAX_S": "900",  # generous: the job's end must end the pause, not the ceiling
+        "RIS_BACKGROUND_NICE": "5",
+    }
+    if request.param == "redis":
+        purge_broker(broker)
+
+
+class Worker:
+    """A ``celery worker`` process of ``tests.integration.yield_probe`` serving one queue."""
+
+    def __init__(self, env: dict[str, str], queue: str, logs: Path) -> None:
+        self.name = f"{queue}-{uuid.uuid4().hex[:6]}"
+        self.log_path = logs / f"{self.name}.log"
+        command = [
+            sys.executable, "-m", "celery", "-A", "tests.integration.yield_probe", "worker", "-Q", queue,
+            "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO",
+            "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_CEILING_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"worker {self.name} exited with {self.process.returncode}:\n{self.log()}")
+            if " ready." in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+        pytest.fail(f"worker {self.name} not ready after {READY_CEILING_S} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def _send(env: dict[str, str], task: str, queue: str, args: list) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.integration.yield_probe", "send", task, queue, json.dumps(args)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+def _wait(log: Path, done: Callable[[list[dict]], bool], what: str, workers: list[Worker]) -> list[dict]:
+    """Wait until ``done(records)``, as long as records keep appearing (progress), else fail."""
+    last_progress, seen = time.monotonic(), 0
+    while True:
+        got = records(log)
+        if done(got):
+            return got
+        if len(got) > seen:
+            seen, last_progress = len(got), time.monotonic()
+        if time.monotonic() - last_progress > STALL_CEILING_S:
+            logs = "\n".join(f"--- {w.name}\n{w.log()}" for w in workers)
+            pytest.fail(f"nothing new for {STALL_CEILING_S} s while waiting for {what}; got {got}\n{logs}")
+        for worker in workers:
+            if worker.process.poll() is not None:
+                pytest.fail(f"worker {worker.name} exited:\n{worker.log()}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def interactive_job(project, user, monkeypatch) -> SegmentationJob:
+    """A queued interactive job in the test database; nothing is sent for it (the probe claims it)."""
+    monkeypatch.setattr("server.ris.services.dispatch.task_send", lambda *a, **k: "not-sent")
+    monkeypatch.setattr("server.ris.services.images.task_send", lambda *a, **k: "not-sent")
+    image = image_make(project, user)
+    return job_of(expression_create(image=image, text="the cat", author=user))
+
+
+def test_a_background_task_does_at_most_one_unit_while_an_interactive_job_runs(
+    broker_env, interactive_job, tmp_path
+):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    units, stop = tmp_path / "units.jsonl", tmp_path / "stop"
+    interactive = Worker(broker_env, "interactive", logs)
+    background = Worker(broker_env, "background", logs)
+    workers = [interactive, background]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        _send(broker_env, BACKGROUND, "background", [str(units), UNIT_S, str(stop)])
+        args = [interactive_job.pk, HOLD_S, str(units), str(units), UNITS_BEFORE]
+        _send(broker_env, INTERACTIVE, "interactive", args)
+
+        def resumed(got: list[dict]) -> bool:  # two units began after the interactive job ended
+            job = next((item for item in got if item["tag"] == "interactive"), None)
+            return job is not None and sum(u["start"] >= job["end"] for u in got if u["tag"][0] == "u") >= 2
+
+        _wait(units, resumed, "the interactive job and two background units after it", workers)
+        stop.touch()
+        got = _wait(units, lambda got: any(i["tag"] == "summary" for i in got), "the summary", workers)
+
+        by_tag = {item["tag"]: item for item in got}
+        job, summary = by_tag["interactive"], by_tag["summary"]
+        unit_records = [item for item in got if item["tag"].startswith("u")]
+        assert [u["tag"] for u in unit_records] == [f"u{i:03d}" for i in range(len(unit_records))]
+        before = [u for u in unit_records if u["end"] <= job["start"]]
+        during = [u for u in unit_records if u["start"] < job["end"] and u["end"] > job["start"]]
+        after = [u for u in unit_records if u["start"] >= job["end"]]
+        assert len(before) >= UNITS_BEFORE  # the background task was working when the job began ...
+        # ... did at most the one unit under way while the job ran (ten would fit in HOLD_S) ...
+        assert len(during) <= 1, (during, job)
+        assert len(before) + len(during) + len(after) == len(unit_records)
+        # ... and resumed once it was done: the pause ended with the job, not at the ceiling.
+        assert len(after) >= 2 and summary["pauses"] >= 1 and summary["ceilings"] == 0
+        paused_from = during[0]["end"] if during else job["start"]  # the pause began at the next unit
+        assert summary["paused_s"] >= job["end"] - paused_from - 0.5, (summary, job, during)
+        assert summary["nice"] >= 5  # the background-only worker lowered its CPU priority
+        assert SegmentationJob.objects.get(pk=interactive_job.pk).state == JobState.SUCCEEDED
+    finally:
+        for worker in workers:
+            worker.stop()
