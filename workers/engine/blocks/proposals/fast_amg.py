@@ -29,8 +29,9 @@ Source: the stock generator, ``segment_anything/automatic_mask_generator.py`` (A
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,9 @@ DEFAULT_MARGIN = 0.15
 #: Default number of grid points through the prompt decoder at once.
 DEFAULT_DECODE_BATCH = 128
 
+#: Decoder precisions (``AmgConfig.decoder_precision``) and their torch dtypes (``None``: the modules' own float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+
 #: Survivors upsampled to full resolution at once (bounds memory: ``chunk x 1024 x 1024`` floats).
 _UPSAMPLE_CHUNK = 16
 
@@ -71,6 +75,8 @@ class AmgStats:
 
     Attributes:
         points: grid points decoded (all crops).
+        points_skipped: grid points not decoded because an earlier neighbour's segment covers them
+            (``AmgConfig.skip_covered_points``).
         masks_decoded: masks out of the decoder (three per point).
         after_iou: masks past the predicted-IoU filter.
         upsampled: masks past the low-resolution stability pre-filter (upsampled to full resolution).
@@ -80,6 +86,7 @@ class AmgStats:
     """
 
     points: int = 0
+    points_skipped: int = 0
     masks_decoded: int = 0
     after_iou: int = 0
     upsampled: int = 0
@@ -115,6 +122,16 @@ class FastMaskGenerator:
             prompt decoder without per-prompt copies of the image work (equal to float rounding);
             ``"stock"``: the model's own ``MaskDecoder`` as ``SamPredictor.predict_torch`` calls it (the
             stock generator's arithmetic exactly).
+
+    The config's speed settings (off by default, the stock output): ``skip_covered_points`` decodes the grid
+    in coarse-to-fine passes (:func:`grid_passes`) and skips a point that lies inside the *segment* of an
+    already decoded neighbour at most one pass spacing away (the low-resolution pixels inside all of that
+    point's masks that pass the predicted-IoU filter), when the image embeddings at the two points have a
+    cosine similarity of at least ``skip_similarity``: its three masks would repeat the neighbour's (a small
+    part of a different look inside the neighbour's segment is not skipped, the similarity test keeps it).
+    ``decoder_precision="bfloat16"`` runs the shared decoder's per-prompt image-side work in bfloat16
+    (``decode_points(dtype=...)``). Both change the output a little; ``scripts/bench_amg.py`` measures how
+    much against the stock generator.
     """
 
     def __init__(
@@ -189,12 +206,20 @@ class FastMaskGenerator:
                 whole = self._current_embedding()
             grid = self.point_grids[layer] * np.array([x1 - x0, y1 - y0])[None, :]
             parts: list[_CropResult] = []
-            for start in range(0, len(grid), self.decode_batch):
-                points = grid[start : start + self.decode_batch]
-                parts.append(self._process_batch(points, (y1 - y0, x1 - x0), crop_box, orig_size))
-                done += len(points)
-                if on_progress is not None:
-                    on_progress(done, total)
+            im_size = (y1 - y0, x1 - x0)
+            if c.skip_covered_points:
+                for part, n_points in self._decode_pruned(grid, im_size, crop_box, orig_size):
+                    parts.append(part)
+                    done += n_points
+                    if on_progress is not None:
+                        on_progress(done, total)
+            else:
+                for start in range(0, len(grid), self.decode_batch):
+                    points = grid[start : start + self.decode_batch]
+                    parts.append(self._process_batch(points, im_size, crop_box, orig_size))
+                    done += len(points)
+                    if on_progress is not None:
+                        on_progress(done, total)
             results.append(self._nms_crop(parts, crop_box))
             self.stats.crops.append(len(results[-1].rles))
         self.predictor.reset_image()
@@ -242,6 +267,8 @@ class FastMaskGenerator:
                 model.prompt_encoder.get_dense_pe(),
                 sparse,
                 dense[:1],  # no mask prompt: the same dense embedding for every point
+                dtype=PRECISIONS[self.config.decoder_precision],
+                min_iou=self.config.pred_iou_thresh if self.config.pred_iou_thresh > 0.0 else None,
             )
             return low_res.flatten(0, 1), iou.flatten(0, 1)
         low_res, iou = model.mask_decoder(
@@ -271,17 +298,103 @@ class FastMaskGenerator:
                 keep &= score >= c.stability_score_thresh - self.margin
         return keep
 
+    def _decode_pruned(
+        self,
+        grid: np.ndarray,
+        im_size: tuple[int, int],
+        crop_box: list[int],
+        orig_size: tuple[int, int],
+    ) -> Iterator[tuple[_CropResult, int]]:
+        """Decode ``grid`` (``n*n x 2`` crop pixels, row-major) pass by pass, skipping covered points.
+
+        Yields ``(result of one decoder batch, grid points it accounts for)``; skipped points are counted
+        with the batch after them (or alone, with an empty result, when a pass skips all it has left).
+        """
+        n = math.isqrt(len(grid))
+        rows, cols = np.divmod(np.arange(len(grid)), n)
+        transformed = self.predictor.transform.apply_coords(grid, im_size)
+        side = self.predictor.model.image_encoder.img_size
+        low_side = side // 4  # the decoder's logits are a quarter of the encoder's input side
+        low_xy = np.clip((transformed * low_side / side).astype(np.int64), 0, low_side - 1)
+        segments: dict[int, torch.Tensor] = {}
+        features = self.predictor.features[0]  # C x 64 x 64, the crop's image embedding
+        cell = np.clip((transformed * features.shape[-1] / side).astype(np.int64), 0, features.shape[-1] - 1)
+        look = torch.nn.functional.normalize(features[:, cell[:, 1], cell[:, 0]].T.float(), dim=1)  # n*n x C
+        alike = (look @ look.T) >= self.config.skip_similarity  # n*n x n*n
+        for members, spacing in grid_passes(n):
+            pending = members.tolist()
+            while pending:
+                batch: list[int] = []
+                skipped = 0
+                while pending and len(batch) < self.decode_batch:
+                    k = pending.pop(0)
+                    if self._covered(k, rows, cols, spacing, low_xy, segments, alike):
+                        skipped += 1
+                    else:
+                        batch.append(k)
+                self.stats.points_skipped += skipped
+                if not batch:
+                    yield _empty_crop(crop_box), skipped
+                    continue
+                part, segs = self._process_batch(grid[batch], im_size, crop_box, orig_size, segments=True)
+                segments.update(zip(batch, segs, strict=True))
+                yield part, len(batch) + skipped
+
+    @staticmethod
+    def _covered(
+        k: int,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        spacing: int,
+        low_xy: np.ndarray,
+        segments: dict[int, torch.Tensor],
+        alike: torch.Tensor,
+    ) -> bool:
+        """Whether point ``k`` lies in the segment of a decoded point at most ``spacing`` rows and columns away
+        whose image embedding is alike (``alike[k, j]``)."""
+        x, y = int(low_xy[k, 0]), int(low_xy[k, 1])
+        r, c = int(rows[k]), int(cols[k])
+        n = int(rows[-1]) + 1
+        for rr in range(max(0, r - spacing), min(n, r + spacing + 1)):
+            for cc in range(max(0, c - spacing), min(n, c + spacing + 1)):
+                segment = segments.get(rr * n + cc)
+                if segment is not None and bool(segment[y, x]) and bool(alike[k, rr * n + cc]):
+                    return True
+        return False
+
     def _process_batch(
         self,
         points: np.ndarray,
         im_size: tuple[int, int],
         crop_box: list[int],
         orig_size: tuple[int, int],
+        segments: bool = False,
+    ) -> Any:
+        """One decoder batch through the filters: a ``_CropResult``; with ``segments``, also each point's
+        segment (``B x 256 x 256`` bool: the low-resolution pixels inside all of the point's masks that pass
+        the predicted-IoU filter; empty when none passes)."""
+        c = self.config
+        model = self.predictor.model
+        low_res, iou = self._decode(points, im_size)
+        if segments:
+            inside = low_res.view(len(points), 3, *low_res.shape[-2:]) > model.mask_threshold
+            good = (iou.view(len(points), 3) > c.pred_iou_thresh)[:, :, None, None]
+            segs = torch.where(good, inside, True).all(dim=1) & good.any(dim=1)
+            return self._filter_batch(points, low_res, iou, crop_box, im_size, orig_size), segs
+        return self._filter_batch(points, low_res, iou, crop_box, im_size, orig_size)
+
+    def _filter_batch(
+        self,
+        points: np.ndarray,
+        low_res: torch.Tensor,
+        iou: torch.Tensor,
+        crop_box: list[int],
+        im_size: tuple[int, int],
+        orig_size: tuple[int, int],
     ) -> _CropResult:
         c = self.config
         model = self.predictor.model
         orig_h, orig_w = orig_size
-        low_res, iou = self._decode(points, im_size)
         self.stats.points += len(points)
         self.stats.masks_decoded += len(iou)
         keep = torch.ones_like(iou, dtype=torch.bool)
@@ -368,6 +481,49 @@ class FastMaskGenerator:
             predicted_iou=[float(iou[i]) for i in order],
             stability_score=[float(stability[i]) for i in order],
         )
+
+
+def bfloat16_is_fast(device: str | torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (a CUDA GPU that supports them, or a CPU
+    with oneDNN's bfloat16 instructions, e.g. AVX512-BF16 / AMX); elsewhere they are emulated and slower."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def grid_passes(n: int, coarsest: int = 4) -> list[tuple[np.ndarray, int]]:
+    """An ``n x n`` point grid (row-major indices, as segment-anything builds it) in coarse-to-fine passes.
+
+    First the points whose row and column are multiples of ``coarsest``; then, for each spacing ``s`` from
+    ``coarsest // 2`` down to 1, two passes over the points of the ``s`` lattice not yet held: those with
+    one odd coordinate (in units of ``s``: the edge midpoints of the coarser lattice), then those with two
+    (the cell centres, whose four neighbours ``s`` away the previous pass held). Every point after the first
+    pass has a point of an earlier pass at most ``s`` rows and ``s`` columns away. Returns
+    ``[(indices, s), ...]``.
+    """
+    rows, cols = np.divmod(np.arange(n * n), n)
+    seen = np.zeros(n * n, dtype=bool)
+    passes: list[tuple[np.ndarray, int]] = []
+
+    def add(members: np.ndarray, spacing: int) -> None:
+        members &= ~seen
+        if members.any():
+            passes.append((np.nonzero(members)[0], spacing))
+        seen[members] = True
+
+    top = max(1, coarsest)
+    add((rows % top == 0) & (cols % top == 0), top)
+    spacing = top // 2
+    while spacing >= 1:
+        on = (rows % spacing == 0) & (cols % spacing == 0)
+        odd = ((rows // spacing) % 2) + ((cols // spacing) % 2)
+        add(on & (odd == 1), spacing)
+        add(on & (odd == 2), spacing)
+        spacing //= 2
+    return passes
 
 
 def generate_proposals_fast(
