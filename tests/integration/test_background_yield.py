@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -30,13 +28,13 @@ from django.db import connection
 from server.ris.models import JobState, SegmentationJob
 from server.ris.services import expression_create
 from tests.integration.conftest import purge_broker
+from tests.integration.probe_worker import ProbeWorker
 from tests.integration.yield_probe import BACKGROUND, INTERACTIVE, records
 from tests.server.factories import image_make, job_of
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_CEILING_S = 180
 STALL_CEILING_S = 180  # seconds without any new record before the test gives up
 UNIT_S = 0.5
 POLL_S = 0.1  # RIS_BACKGROUND_YIELD_POLL_S of the background worker: less than a unit, so every unit asks
@@ -79,40 +77,7 @@ def broker_env(request, tmp_path: Path, transactional_db, require_postgres) -> I
         purge_broker(broker)
 
 
-class Worker:
-    """A ``celery worker`` process of ``tests.integration.yield_probe`` serving one queue."""
-
-    def __init__(self, env: dict[str, str], queue: str, logs: Path) -> None:
-        self.name = f"{queue}-{uuid.uuid4().hex[:6]}"
-        self.log_path = logs / f"{self.name}.log"
-        command = [
-            sys.executable, "-m", "celery", "-A", "tests.integration.yield_probe", "worker", "-Q", queue,
-            "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO",
-            "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ]  # fmt: skip
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_CEILING_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"worker {self.name} exited with {self.process.returncode}:\n{self.log()}")
-            if " ready." in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.5)
-        pytest.fail(f"worker {self.name} not ready after {READY_CEILING_S} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+PROBE_APP = "tests.integration.yield_probe"
 
 
 def _send(env: dict[str, str], task: str, queue: str, args: list) -> None:
@@ -123,7 +88,7 @@ def _send(env: dict[str, str], task: str, queue: str, args: list) -> None:
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
 
 
-def _wait(log: Path, done: Callable[[list[dict]], bool], what: str, workers: list[Worker]) -> list[dict]:
+def _wait(log: Path, done: Callable[[list[dict]], bool], what: str, workers: list[ProbeWorker]) -> list[dict]:
     """Wait until ``done(records)``, as long as records keep appearing (progress), else fail."""
     last_progress, seen = time.monotonic(), 0
     while True:
@@ -156,8 +121,8 @@ def test_a_background_task_does_at_most_one_unit_while_an_interactive_job_runs(
     logs = tmp_path / "logs"
     logs.mkdir()
     units, stop = tmp_path / "units.jsonl", tmp_path / "stop"
-    interactive = Worker(broker_env, "interactive", logs)
-    background = Worker(broker_env, "background", logs)
+    interactive = ProbeWorker(PROBE_APP, broker_env, "interactive", logs)
+    background = ProbeWorker(PROBE_APP, broker_env, "background", logs)
     workers = [interactive, background]
     try:
         for worker in workers:

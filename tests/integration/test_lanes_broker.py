@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,10 +26,10 @@ from django.conf import settings
 
 from tests.integration.conftest import purge_broker
 from tests.integration.lane_probe import records
+from tests.integration.probe_worker import READY_CEILING_S, ProbeWorker
 from workers.broker_fs import message_name
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_CEILING_S = 180
 UNIT_S = 2.5
 FLOOD = 5
 
@@ -114,38 +113,7 @@ def broker_env(request, tmp_path: Path) -> Iterator[dict[str, str]]:
     purge_broker(broker)
 
 
-class Worker:
-    def __init__(self, env: dict[str, str], queue: str, logs: Path) -> None:
-        self.name = f"{queue}-{uuid.uuid4().hex[:6]}"
-        self.log_path = logs / f"{self.name}.log"
-        command = [
-            sys.executable, "-m", "celery", "-A", "tests.integration.lane_probe", "worker", "-Q", queue,
-            "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", "INFO",
-            "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ]  # fmt: skip
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_CEILING_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"worker {self.name} exited with {self.process.returncode}:\n{self.log()}")
-            if " ready." in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.5)
-        pytest.fail(f"worker {self.name} not ready after {READY_CEILING_S} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+PROBE_APP = "tests.integration.lane_probe"
 
 
 def _send(env: dict[str, str], log: Path, lane: str, seconds: float, tags: list[str]) -> dict[str, float]:
@@ -158,7 +126,7 @@ def _send(env: dict[str, str], log: Path, lane: str, seconds: float, tags: list[
     return {item["tag"]: item["sent"] for item in sent}
 
 
-def _wait_for(log: Path, tags: set[str], ceiling_s: float, workers: list[Worker]) -> list[dict]:
+def _wait_for(log: Path, tags: set[str], ceiling_s: float, workers: list[ProbeWorker]) -> list[dict]:
     """Wait until every unit in ``tags`` has a record, as long as units keep finishing (progress)."""
     last_progress, seen = time.monotonic(), 0
     while True:
@@ -182,8 +150,8 @@ def test_lanes_hold_order_holds_and_a_flood_delays_interactive_work_at_most_one_
     logs = tmp_path / "logs"
     logs.mkdir()
     units = tmp_path / "units.jsonl"
-    interactive = Worker(broker_env, "interactive", logs)
-    background = Worker(broker_env, "background", logs)
+    interactive = ProbeWorker(PROBE_APP, broker_env, "interactive", logs)
+    background = ProbeWorker(PROBE_APP, broker_env, "background", logs)
     workers = [interactive, background]
     try:
         for worker in workers:
