@@ -3,7 +3,7 @@ selector that says interactive work runs, the task layer's hook around backgroun
 preparation (with its ceiling and off switch), and the lower CPU priority of a background-only worker.
 
 The pause itself (resume, ceiling rules, cancellation while paused) is checked on a fake clock in
-tests/engine/test_yielding.py; real worker processes in tests/integration/test_background_yield.py.
+tests/engine/test_yielding.py; real worker processes in tests/integration/test_yield_with_real_workers.py.
 """
 
 from __future__ import annotations
