@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serve the web app and two Celery workers, one per lane (plus the reconciler's beat); Ctrl-C stops all.
+# Serve the web app and the Celery workers of both lanes (plus the reconciler's beat); Ctrl-C stops all.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 HOST=${HOST:-127.0.0.1}
@@ -32,6 +32,13 @@ export PYTHONWARNINGS="ignore:You're running the worker with superuser privilege
 "$PY" -m celery -A workers.celery_app worker -Q interactive,default --concurrency 1 --pool solo \
   --prefetch-multiplier 1 -B -s "$VAR/celerybeat-schedule" --loglevel INFO -n "interactive@%h" &
 pids+=($!)
+# More interactive processes (RIS_INTERACTIVE_WORKERS, default 2): a click or a second expression is
+# answered by a free one while another runs a typed expression's full grid (minutes on a CPU).
+for n in $(seq 2 "${RIS_INTERACTIVE_WORKERS:-2}"); do
+  "$PY" -m celery -A workers.celery_app worker -Q interactive --concurrency 1 --pool solo \
+    --prefetch-multiplier 1 --loglevel INFO -n "interactive$n@%h" &
+  pids+=($!)
+done
 "$PY" -m celery -A workers.celery_app worker -Q background --concurrency 1 --pool solo \
   --prefetch-multiplier 1 --loglevel INFO -n "background@%h" &
 pids+=($!)

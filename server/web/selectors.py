@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from server.ris.errors import ObjectNotFound
@@ -259,7 +259,9 @@ def interactive_work_running(*, now: datetime | None = None) -> bool:
         SegmentationJob.objects.filter(
             lane=JobLane.INTERACTIVE, state=JobState.RUNNING, heartbeat_at__gte=job_since
         )
-        .exclude(stage__contains={"name": "waiting"})  # (a key lookup would drop rows without a name)
+        # A key lookup that every backend has (JSON ``contains`` is not on SQLite); ``has_key`` keeps rows
+        # with no stage name (a NULL comparison inside a negation would drop them).
+        .exclude(Q(stage__has_key="name") & Q(stage__name="waiting"))
         .exists()
         or RefineRequest.objects.filter(state=RefineState.RUNNING, heartbeat_at__gte=refine_since).exists()
     )
