@@ -42,6 +42,7 @@ def job(project, user):
 @pytest.mark.django_db
 def test_stages_reach_the_job_row_in_order(monkeypatch, job):
     monkeypatch.setattr("workers.tasks.progress.MIN_INTERVAL_S", 0.0)  # every report written
+    monkeypatch.setattr("workers.tasks.progress.MIN_ESTIMATE_S", 0.0)  # the fake engine takes no time
     seen: list[dict] = []
     engine = SteppingEngine(during=lambda: seen.append(SegmentationJob.objects.get(pk=job.pk).stage))
     monkeypatch.setattr(engine_access, "engine_get", lambda: engine)
@@ -91,6 +92,12 @@ def test_estimates_from_pace_and_from_history():
     assert written[-1][1] == {"name": "features", "estimate_s": 5.0}
     progress("text", None, None, "")  # not a public stage: nothing written
     assert written[-1][1]["name"] == "features"
+    now["t"] = 14.6
+    progress("scoring", None, None, "")
+    assert written[-1][1] == {"name": "scoring", "estimate_s": 1.0}
+    now["t"] = 15.0
+    progress("scoring", None, None, "")  # 0.6 s left by history: too little to say
+    assert written[-1][1] == {"name": "scoring"}
     refusing = JobProgress(lambda p, stage: False)
     with pytest.raises(JobStopped):
         refusing.enter("loading")

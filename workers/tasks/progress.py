@@ -39,6 +39,8 @@ STAGE_OF: dict[str, str] = {
     "clip_hard": "features",
 }
 ORDER = ("loading", "waiting", "proposals", "features", "scoring", "writing")
+#: Estimates below this many seconds are not reported (the stage's words say enough).
+MIN_ESTIMATE_S = 1.0
 MIN_INTERVAL_S = 1.0  # between two writes within one stage (a stage change is always written)
 # Where each public stage starts on the 0-1 progress bar (proposals spans 0.1-0.7 by points done).
 START = {
@@ -110,7 +112,7 @@ class JobProgress:
             if stage in ("proposals", "waiting"):
                 progress = START["proposals"] + (START["features"] - START["proposals"]) * done / total
         estimate = self._estimate(stage, done, total, now)
-        if estimate is not None:
+        if estimate is not None and estimate >= MIN_ESTIMATE_S:  # "about 0 s left" tells nobody anything
             payload["estimate_s"] = round(estimate, 1)
         if not self._report(progress, payload):
             raise JobStopped(f"the job left the running state during {stage}")

@@ -126,7 +126,9 @@ def _segment(work: Work) -> str:
             timings["yield_paused_s"] = round(work.yielded.paused_s, 3)
         progress.enter("writing")
     except JobStopped:
-        logger.info("Job %s is no longer running (cancelled?); the engine was stopped", job.pk)
+        logger.info(
+            "Job %s stopped at a progress report: it was cancelled (or taken over); nothing written", job.pk
+        )
         return "cancelled"
     if work.stopped:
         logger.info(
