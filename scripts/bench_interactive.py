@@ -251,7 +251,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     base = f"http://127.0.0.1:{args.port}"
     try:
         wait_up(base, stack)
-        workers = 2 if "background" in (root / "scripts/serve-dev.sh").read_text() else 1
+        serve = (root / "scripts/serve-dev.sh").read_text()
+        workers = (3 if "RIS_INTERACTIVE_WORKERS" in serve else 2) if "background" in serve else 1
         workers_ready(stack, workers)
         result["worker_processes"] = workers
         client = Client(base, token, stack)
@@ -271,6 +272,28 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         image = upload["images"][0]["id"]
         started = time.perf_counter()
         created = client.call("POST", f"/api/images/{image}/expressions/", json=typed("the person"))
+        if args.click_during_first:
+            # 1b. A click on the same image while the expression's job runs (its full grid, by then): the
+            # first figure of this run is then not scenario 1's (the click shares the cores).
+            time.sleep(args.click_during_first)
+            clicked = time.perf_counter()
+            req = client.call(
+                "POST", "/web/refine/", json={"image": image, "points_xy": [[256, 256]], "labels": [1]}
+            )
+            while (
+                req["state"] in ("queued", "running") and time.perf_counter() - clicked < args.click_timeout
+            ):
+                time.sleep(POLL_S)
+                req = client.call("GET", f"/web/refine/{req['id']}/")
+            waited = time.perf_counter() - clicked
+            running = client.call("GET", f"/api/jobs/{created['job']['id']}/")
+            result["click_during_first_s"] = waited if req["state"] == "succeeded" else None
+            result["click_during_first_job_state"] = running["state"]
+            print(
+                f"[1b] click {args.click_during_first:.0f} s after the expression, its job {running['state']}: "
+                f"{req['state']} after {waited:.2f} s",
+                flush=True,
+            )
         job, _ = client.wait_job(created["job"]["id"], args.first_timeout, since=started)
         first = time.perf_counter() - started
         result["first_candidates_s"] = first if job["state"] == "succeeded" else None
@@ -400,6 +423,13 @@ def main() -> None:
         default=0,
         help="SAM points per side of the typed expressions' automatic masks (0: the pipeline's, 32); "
         "the upload's preparation and the bulk rows keep the pipeline's",
+    )
+    parser.add_argument(
+        "--click-during-first",
+        type=float,
+        default=0.0,
+        help="seconds after the first expression to click once on the same image while its job runs "
+        "(0: no such click); that run's first-candidates figure is then not scenario 1's",
     )
     parser.add_argument("--json-out", default="")
     parser.add_argument("--log-dir", default="", help="keep the stack's log here")

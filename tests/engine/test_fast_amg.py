@@ -14,7 +14,12 @@ from segment_anything.utils.amg import calculate_stability_score
 from tests.engine.ranking_fixtures import TINY_SAM_AMG, image_input, random_rgb, single_torch_thread
 from workers.engine.blocks.masks import encode_rle, rle_area
 from workers.engine.blocks.proposals.amg import generate_proposals, stock_proposals
-from workers.engine.blocks.proposals.cached import cached_proposals, proposals_cached
+from workers.engine.blocks.proposals.cached import (
+    EMBEDDING_KIND,
+    cached_proposals,
+    embedding_params,
+    proposals_cached,
+)
 from workers.engine.blocks.proposals.config import AmgConfig
 from workers.engine.blocks.proposals.fast_amg import FastMaskGenerator
 from workers.engine.core.cache import FeatureCache, ImageContext
@@ -167,6 +172,10 @@ def test_progress_counts_points_and_a_raising_callback_stops_the_run(
         cached_proposals(ctx, model_hub, "sam_tiny", amg)
     assert reports[0] == ("proposals", 0, 16) and len(reports) == 2
     assert not proposals_cached(ctx, model_hub, "sam_tiny", amg)  # nothing half-done was kept
+    # The embedding was cached before the first decoder batch: a click on this image (in another worker
+    # process, through the disk cache) runs only the prompt decoder, even while the grid is being decoded.
+    other_process = FeatureCache(cache_dir=tmp_path)
+    assert other_process.contains(ctx.key(EMBEDDING_KIND, embedding_params(model_hub, "sam_tiny")))
     ctx.progress = None
     assert len(cached_proposals(ctx, model_hub, "sam_tiny", amg)) > 0
     assert proposals_cached(ctx, model_hub, "sam_tiny", amg)

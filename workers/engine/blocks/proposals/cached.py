@@ -53,7 +53,8 @@ def cached_proposals(ctx: ImageContext, hub: Any, source: str, amg: AmgConfig) -
 
     Raises:
         ModelStoreError: ``source`` is not in the model store (the message names the command that gets it).
-        Whatever ``ctx.progress`` or a meter listener raises (cancellation); nothing is cached then.
+        Whatever ``ctx.progress`` or a meter listener raises (cancellation); no proposals are cached then
+            (the embedding, cached before the first decoder batch, stays).
     """
 
     def report(stage: str, done: int, total: int) -> None:
@@ -71,16 +72,22 @@ def cached_proposals(ctx: ImageContext, hub: Any, source: str, amg: AmgConfig) -
         state = ctx.cache.get(embedding_key)
         embedding = ImageEmbedding.from_state(state) if state is not None else None
         generator = FastMaskGenerator(sam, amg)
+
+        def keep_embedding(whole: ImageEmbedding) -> None:
+            # At once, before the decoder batches: a refine click in another worker process (the disk cache)
+            # or after a cancellation runs only the prompt decoder, not a second encoder pass.
+            if state is None:
+                ctx.cache.put(embedding_key, whole.to_state())
+
         with ctx.meter.stage("proposals"), ctx.meter.model_call(source):
-            proposals, whole = generator.generate(
+            proposals, _whole = generator.generate(
                 ctx.rgb,
                 embedding=embedding,
                 on_progress=on_points,
+                on_embedding=keep_embedding,
             )
         if generator.stats.encoder_calls:
             ctx.meter.count(f"{source}:encoder", generator.stats.encoder_calls)
-        if state is None:
-            ctx.cache.put(embedding_key, whole.to_state())
         return proposals.to_state()
 
     key = ctx.key("proposals", proposal_params(hub, source, amg))

@@ -169,6 +169,7 @@ class FastMaskGenerator:
         *,
         embedding: ImageEmbedding | None = None,
         on_progress: ProgressCallback | None = None,
+        on_embedding: Callable[[ImageEmbedding], None] | None = None,
     ) -> tuple[Proposals, ImageEmbedding]:
         """Automatic masks of ``rgb`` (``H x W x 3`` uint8) and SAM's embedding of the whole image.
 
@@ -176,6 +177,8 @@ class FastMaskGenerator:
             embedding: the whole image's embedding by this model (from the cache); the encoder then runs only
                 for the smaller crops (``crop_n_layers > 0``).
             on_progress: see the module docstring.
+            on_embedding: called once with the whole image's embedding as soon as it exists (before the
+                first decoder batch), e.g. to cache it for refine clicks while the grid is decoded.
 
         Returns:
             ``(Proposals, ImageEmbedding)``: RLE masks of ``H x W`` in the stock generator's order (NMS order,
@@ -204,6 +207,8 @@ class FastMaskGenerator:
             self._set_image(rgb[y0:y1, x0:x1, :], embedding if is_whole else None)
             if is_whole:
                 whole = self._current_embedding()
+                if on_embedding is not None:
+                    on_embedding(whole)
             grid = self.point_grids[layer] * np.array([x1 - x0, y1 - y0])[None, :]
             parts: list[_CropResult] = []
             im_size = (y1 - y0, x1 - x0)
