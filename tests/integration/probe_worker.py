@@ -1,4 +1,5 @@
-"""A real ``celery worker`` process of a probe app serving one queue, for the lane and yield tests."""
+"""Real worker processes for the integration tests: a ``celery worker`` of a probe app serving one queue,
+waiting on the records its units write, and the test database's URL for a child process."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -53,3 +57,39 @@ class ProbeWorker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def wait_for_records(
+    read: Callable[[], list[dict[str, Any]]],
+    done: Callable[[list[dict[str, Any]]], bool],
+    *,
+    what: str,
+    workers: list[ProbeWorker],
+    stall_s: float,
+) -> list[dict[str, Any]]:
+    """Poll ``read()`` until ``done(records)``, as long as records keep appearing: fail after ``stall_s``
+    without a new one (progress, not a fixed timeout, so a loaded machine only waits longer), or when a
+    worker exits. Returns the records."""
+    last_progress, seen = time.monotonic(), 0
+    while True:
+        got = read()
+        if done(got):
+            return got
+        if len(got) > seen:
+            seen, last_progress = len(got), time.monotonic()
+        if time.monotonic() - last_progress > stall_s:
+            logs = "\n".join(f"--- {w.name}\n{w.log()}" for w in workers)
+            pytest.fail(f"nothing new for {stall_s} s while waiting for {what}; got {got}\n{logs}")
+        for worker in workers:
+            if worker.process.poll() is not None:
+                pytest.fail(f"worker {worker.name} exited:\n{worker.log()}")
+        time.sleep(0.2)
+
+
+def database_url(settings_dict: dict[str, Any]) -> str:
+    """The PostgreSQL URL of a Django connection's settings (the test database), for a child process."""
+    user = quote(settings_dict.get("USER") or "postgres", safe="")
+    password = f":{quote(settings_dict['PASSWORD'], safe='')}" if settings_dict.get("PASSWORD") else ""
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or "5432"
+    return f"postgres://{user}{password}@{host}:{port}/{settings_dict['NAME']}"

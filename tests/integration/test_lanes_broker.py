@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from django.conf import settings
 
 from tests.integration.conftest import purge_broker
 from tests.integration.lane_probe import records
-from tests.integration.probe_worker import READY_CEILING_S, ProbeWorker
+from tests.integration.probe_worker import READY_CEILING_S, ProbeWorker, wait_for_records
 from workers.broker_fs import message_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,24 +125,6 @@ def _send(env: dict[str, str], log: Path, lane: str, seconds: float, tags: list[
     return {item["tag"]: item["sent"] for item in sent}
 
 
-def _wait_for(log: Path, tags: set[str], ceiling_s: float, workers: list[ProbeWorker]) -> list[dict]:
-    """Wait until every unit in ``tags`` has a record, as long as units keep finishing (progress)."""
-    last_progress, seen = time.monotonic(), 0
-    while True:
-        done = records(log)
-        if tags <= {item["tag"] for item in done}:
-            return done
-        if len(done) > seen:
-            seen, last_progress = len(done), time.monotonic()
-        if time.monotonic() - last_progress > ceiling_s:
-            logs = "\n".join(f"--- {w.name}\n{w.log()}" for w in workers)
-            pytest.fail(f"no unit finished for {ceiling_s} s; waiting for {tags}; done {done}\n{logs}")
-        for worker in workers:
-            if worker.process.poll() is not None:
-                pytest.fail(f"worker {worker.name} exited:\n{worker.log()}")
-        time.sleep(0.2)
-
-
 @pytest.mark.services
 @pytest.mark.slow
 def test_lanes_hold_order_holds_and_a_flood_delays_interactive_work_at_most_one_unit(broker_env, tmp_path):
@@ -185,3 +166,14 @@ def test_lanes_hold_order_holds_and_a_flood_delays_interactive_work_at_most_one_
     finally:
         for worker in workers:
             worker.stop()
+
+
+def _wait_for(log: Path, tags: set[str], ceiling_s: float, workers: list[ProbeWorker]) -> list[dict]:
+    """Wait until every unit in ``tags`` has a record, as long as units keep finishing (progress)."""
+    return wait_for_records(
+        lambda: records(log),
+        lambda done: tags <= {item["tag"] for item in done},
+        what=f"units {sorted(tags)}",
+        workers=workers,
+        stall_s=ceiling_s,
+    )

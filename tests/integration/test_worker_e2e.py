@@ -22,12 +22,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 import pytest
 from django.db import connection
 from PIL import Image as PILImage
+
+from tests.integration.probe_worker import database_url
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -36,15 +37,6 @@ PHOTO_SIDE = 256
 STALL_S = 300  # seconds without any progress of the job or its worker's log
 CEILING_S = 1800
 FAST_CONFIG = {"amg": {"points_per_side": 5}, "features": {"shorter_side": 224}}  # 25 prompts: ~16 masks
-
-
-def _test_database_url() -> str:
-    db = connection.settings_dict
-    user = quote(db.get("USER") or "postgres", safe="")
-    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or "5432"
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +69,7 @@ def worker(
     log_path = artifacts / "worker.log"
     env = {
         **os.environ,
-        "DATABASE_URL": _test_database_url(),
+        "DATABASE_URL": database_url(connection.settings_dict),
         "CELERY_BROKER_URL": broker,
         "RIS_MEDIA_ROOT": str(media_root),
         "RIS_MODEL_DIR": str(model_dir),

@@ -16,10 +16,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -28,7 +26,7 @@ from django.db import connection
 from server.ris.models import JobState, SegmentationJob
 from server.ris.services import expression_create
 from tests.integration.conftest import purge_broker
-from tests.integration.probe_worker import ProbeWorker
+from tests.integration.probe_worker import ProbeWorker, database_url, wait_for_records
 from tests.integration.yield_probe import BACKGROUND, INTERACTIVE, records
 from tests.server.factories import image_make, job_of
 
@@ -40,15 +38,6 @@ UNIT_S = 0.5
 POLL_S = 0.1  # RIS_BACKGROUND_YIELD_POLL_S of the background worker: less than a unit, so every unit asks
 HOLD_S = 5.0  # the interactive job: ten units' worth
 UNITS_BEFORE = 3
-
-
-def _test_database_url() -> str:
-    db = connection.settings_dict
-    user = quote(db.get("USER") or "postgres", safe="")
-    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or "5432"
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
 
 
 @pytest.fixture(params=["embedded", "redis"])
@@ -65,7 +54,7 @@ def broker_env(request, tmp_path: Path, transactional_db, require_postgres) -> I
         **os.environ,
         "CELERY_BROKER_URL": broker,
         "RIS_BROKER_DIR": str(tmp_path / "broker"),
-        "DATABASE_URL": _test_database_url(),
+        "DATABASE_URL": database_url(connection.settings_dict),
         "PYTHONUNBUFFERED": "1",
         "DJANGO_SETTINGS_MODULE": "server.config.settings",
         "RIS_BACKGROUND_YIELD": "true",
@@ -86,24 +75,6 @@ def _send(env: dict[str, str], task: str, queue: str, args: list) -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-
-
-def _wait(log: Path, done: Callable[[list[dict]], bool], what: str, workers: list[ProbeWorker]) -> list[dict]:
-    """Wait until ``done(records)``, as long as records keep appearing (progress), else fail."""
-    last_progress, seen = time.monotonic(), 0
-    while True:
-        got = records(log)
-        if done(got):
-            return got
-        if len(got) > seen:
-            seen, last_progress = len(got), time.monotonic()
-        if time.monotonic() - last_progress > STALL_CEILING_S:
-            logs = "\n".join(f"--- {w.name}\n{w.log()}" for w in workers)
-            pytest.fail(f"nothing new for {STALL_CEILING_S} s while waiting for {what}; got {got}\n{logs}")
-        for worker in workers:
-            if worker.process.poll() is not None:
-                pytest.fail(f"worker {worker.name} exited:\n{worker.log()}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -159,3 +130,8 @@ def test_a_background_task_does_at_most_one_unit_while_an_interactive_job_runs(
     finally:
         for worker in workers:
             worker.stop()
+
+
+def _wait(log: Path, done: Callable[[list[dict]], bool], what: str, workers: list[ProbeWorker]) -> list[dict]:
+    """Wait until ``done(records)``, as long as records keep appearing (progress), else fail."""
+    return wait_for_records(lambda: records(log), done, what=what, workers=workers, stall_s=STALL_CEILING_S)
