@@ -49,17 +49,21 @@ def test_a_point_is_covered_only_inside_a_near_alike_segment() -> None:
     low_xy = np.stack([cols * 10 + 5, rows * 10 + 5], axis=1)  # point k sits at low-res pixel (x, y)
     segment = torch.zeros(40, 40, dtype=torch.bool)
     segment[:20, :20] = True  # covers points 0, 1, 4, 5
-    segments = {0: segment}
+
+    def covers_of(segs: dict[int, torch.Tensor]) -> dict[int, np.ndarray]:  # as the generator reads them
+        return {j: seg[low_xy[:, 1], low_xy[:, 0]].numpy() for j, seg in segs.items()}
+
+    segments = covers_of({0: segment})
     alike = torch.ones(n * n, n * n, dtype=torch.bool)
     covered = FastMaskGenerator._covered
-    assert covered(5, rows, cols, 1, low_xy, segments, alike)  # one row and column away, inside
-    assert not covered(2, rows, cols, 2, low_xy, segments, alike)  # near enough but outside the segment
-    assert not covered(5, rows, cols, 1, low_xy, {}, alike)  # no decoded neighbour
-    far = {15: torch.ones(40, 40, dtype=torch.bool)}
-    assert not covered(5, rows, cols, 1, low_xy, far, alike)  # point 15 is two rows and columns away
-    assert covered(5, rows, cols, 2, low_xy, far, alike)
+    assert covered(5, rows, cols, 1, segments, alike)  # one row and column away, inside
+    assert not covered(2, rows, cols, 2, segments, alike)  # near enough but outside the segment
+    assert not covered(5, rows, cols, 1, {}, alike)  # no decoded neighbour
+    far = covers_of({15: torch.ones(40, 40, dtype=torch.bool)})
+    assert not covered(5, rows, cols, 1, far, alike)  # point 15 is two rows and columns away
+    assert covered(5, rows, cols, 2, far, alike)
     alike[5, 0] = False
-    assert not covered(5, rows, cols, 1, low_xy, segments, alike)  # a different look is decoded itself
+    assert not covered(5, rows, cols, 1, segments, alike)  # a different look is decoded itself
 
 
 def test_the_speed_settings_are_checked_and_keyed(model_hub: ModelHub) -> None:

@@ -321,7 +321,10 @@ class FastMaskGenerator:
         side = self.predictor.model.image_encoder.img_size
         low_side = side // 4  # the decoder's logits are a quarter of the encoder's input side
         low_xy = np.clip((transformed * low_side / side).astype(np.int64), 0, low_side - 1)
-        segments: dict[int, torch.Tensor] = {}
+        # covers[j][k]: decoded point j's segment holds point k (a row of n*n bools per decoded point, read
+        # off its 256 x 256 segment once, instead of keeping every segment).
+        covers: dict[int, np.ndarray] = {}
+        at_y, at_x = torch.from_numpy(low_xy[:, 1]), torch.from_numpy(low_xy[:, 0])
         features = self.predictor.features[0]  # C x 64 x 64, the crop's image embedding
         cell = np.clip((transformed * features.shape[-1] / side).astype(np.int64), 0, features.shape[-1] - 1)
         look = torch.nn.functional.normalize(features[:, cell[:, 1], cell[:, 0]].T.float(), dim=1)  # n*n x C
@@ -333,7 +336,7 @@ class FastMaskGenerator:
                 skipped = 0
                 while pending and len(batch) < self.decode_batch:
                     k = pending.pop(0)
-                    if self._covered(k, rows, cols, spacing, low_xy, segments, alike):
+                    if self._covered(k, rows, cols, spacing, covers, alike):
                         skipped += 1
                     else:
                         batch.append(k)
@@ -342,7 +345,7 @@ class FastMaskGenerator:
                     yield _empty_crop(crop_box), skipped
                     continue
                 part, segs = self._process_batch(grid[batch], im_size, crop_box, orig_size, segments=True)
-                segments.update(zip(batch, segs, strict=True))
+                covers.update(zip(batch, segs[:, at_y, at_x].numpy(), strict=True))
                 yield part, len(batch) + skipped
 
     @staticmethod
@@ -351,19 +354,18 @@ class FastMaskGenerator:
         rows: np.ndarray,
         cols: np.ndarray,
         spacing: int,
-        low_xy: np.ndarray,
-        segments: dict[int, torch.Tensor],
+        covers: dict[int, np.ndarray],
         alike: torch.Tensor,
     ) -> bool:
-        """Whether point ``k`` lies in the segment of a decoded point at most ``spacing`` rows and columns away
-        whose image embedding is alike (``alike[k, j]``)."""
-        x, y = int(low_xy[k, 0]), int(low_xy[k, 1])
+        """Whether point ``k`` lies in the segment of a decoded point ``j`` at most ``spacing`` rows and
+        columns away (``covers[j][k]``) whose image embedding is alike (``alike[k, j]``)."""
         r, c = int(rows[k]), int(cols[k])
         n = int(rows[-1]) + 1
         for rr in range(max(0, r - spacing), min(n, r + spacing + 1)):
             for cc in range(max(0, c - spacing), min(n, c + spacing + 1)):
-                segment = segments.get(rr * n + cc)
-                if segment is not None and bool(segment[y, x]) and bool(alike[k, rr * n + cc]):
+                j = rr * n + cc
+                row = covers.get(j)
+                if row is not None and row[k] and bool(alike[k, j]):
                     return True
         return False
 
